@@ -1,0 +1,92 @@
+"""Discovery of modality plugins: the ``mmssl.modalities`` entry-point group and plugin files named in recipes."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from mmssl.modality import ModalityPlugin
+from mmssl.registry import Registry
+
+ENTRY_POINT_GROUP = "mmssl.modalities"
+MODALITIES: Registry[ModalityPlugin] = Registry("modality")
+_loaded_entry_points = False
+
+
+class PluginError(RuntimeError):
+    """A plugin could not be loaded; the message names its entry point or file."""
+
+
+def _register(obj: object, origin: str) -> list[str]:
+    items = obj if isinstance(obj, list | tuple) else [obj]
+    names = []
+    for item in items:
+        if not isinstance(item, ModalityPlugin):
+            raise PluginError(f"{origin}: expected a ModalityPlugin, got {type(item).__name__}")
+        if item.name in MODALITIES and MODALITIES.get(item.name) is not item:
+            raise PluginError(f"{origin}: modality {item.name!r} is already registered by another plugin")
+        MODALITIES.register(item.name, item, replace=True)
+        names.append(item.name)
+    return names
+
+
+def load_entry_points() -> None:
+    """Register every plugin in the ``mmssl.modalities`` entry-point group (once per process)."""
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as err:  # a broken third-party plugin must say which one it is
+            raise PluginError(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}) failed to load: {err}") from err
+        _register(obj, f"entry point {ep.name} = {ep.value}")
+
+
+def load_plugin_file(path: str | Path, base: Path | None = None) -> list[str]:
+    """Import a plugin file and register the ``plugin`` (or ``plugins``) it defines.
+
+    Args:
+        path: A ``.py`` file; relative paths are resolved against ``base`` (the recipe's folder).
+        base: Folder of the recipe naming the file.
+
+    Returns:
+        The names of the modalities it registered.
+    """
+    file = Path(path)
+    if not file.is_absolute() and base is not None:
+        file = base / file
+    file = file.resolve()
+    if not file.is_file():
+        raise PluginError(f"plugin file {path} not found (looked at {file})")
+    module_name = "mmssl_user_plugin_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
+    if module_name in sys.modules:
+        module = sys.modules[module_name]
+    else:
+        spec = importlib.util.spec_from_file_location(module_name, file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:
+            del sys.modules[module_name]
+            raise PluginError(f"plugin file {file} failed to import: {err}") from err
+    obj = getattr(module, "plugins", None) or getattr(module, "plugin", None)
+    if obj is None:
+        raise PluginError(f"plugin file {file} defines neither `plugin` nor `plugins`")
+    return _register(obj, f"plugin file {file}")
+
+
+def get_modality(name: str) -> ModalityPlugin:
+    load_entry_points()
+    return MODALITIES.get(name)
+
+
+def all_modalities() -> list[ModalityPlugin]:
+    load_entry_points()
+    return [plugin for _, plugin in MODALITIES.items()]
