@@ -1,0 +1,89 @@
+"""Recipe options of the image modality (``modalities.image.options``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ImageOptions(BaseModel):
+    """Preprocessing, augmentation and encoder options for images.
+
+    Validation checks that the patch size divides the image size, that ``mean``/``std`` have one entry per
+    channel, that the encoder width suits the heads and the 2-D sine-cosine positions, and that the
+    augmentation ranges and probabilities make sense.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Preprocessing.
+    image_size: int = Field(224, gt=0, description="Side of the square image after preprocessing, in pixels.")
+    patch_size: int = Field(16, gt=0, description="Side of a square patch (one token); must divide image_size.")
+    channels: Literal[1, 3] = Field(3, description="Channels after decoding: 1 (greyscale) or 3 (RGB).")
+    mean: list[float] | None = Field(
+        None, description="Per-channel normalisation mean; None computes it from the training images."
+    )
+    std: list[float] | None = Field(
+        None, description="Per-channel normalisation std; None computes it from the training images."
+    )
+    stats_samples: int = Field(
+        2000, gt=0, description="How many training images at most are read to compute a missing mean/std."
+    )
+
+    # Encoder.
+    width: int = Field(192, gt=0, description="Token width D of the transformer encoder.")
+    depth: int = Field(4, ge=0, description="Number of transformer blocks.")
+    heads: int = Field(3, gt=0, description="Attention heads; must divide width.")
+    mlp_ratio: float = Field(4.0, gt=0, description="Hidden width of each block's MLP relative to width.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the transformer blocks.")
+    pool: Literal["cls", "mean"] = Field("cls", description="Pooled embedding: class token or mean of tokens.")
+
+    # Augmentation (random views).
+    crop_scale: tuple[float, float] = Field(
+        (0.2, 1.0), description="Area range (fraction of the image) of the random resized crop."
+    )
+    flip: bool = Field(True, description="Flip views horizontally with probability 0.5.")
+    color_jitter: float = Field(
+        0.4, ge=0.0, description="Brightness/contrast/saturation jitter strength; hue jitter is 0.1 * strength."
+    )
+    color_jitter_p: float = Field(0.8, ge=0.0, le=1.0, description="Probability of applying colour jitter.")
+    grayscale_p: float = Field(0.2, ge=0.0, le=1.0, description="Probability of a greyscale view (3 channels).")
+    blur_p: float = Field(0.0, ge=0.0, le=1.0, description="Probability of a Gaussian blur (sigma 0.1..2).")
+
+    # Masked reconstruction.
+    norm_pix_loss: bool = Field(True, description="Normalise each patch of the reconstruction target (MAE).")
+
+    @model_validator(mode="after")
+    def _check(self) -> ImageOptions:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"patch_size {self.patch_size} must divide image_size {self.image_size} "
+                f"(e.g. image_size {self.image_size - self.image_size % self.patch_size or self.patch_size})"
+            )
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.channels:
+                raise ValueError(
+                    f"{name} has {len(value)} entries but channels is {self.channels}: give one per channel"
+                )
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError(f"std entries must be positive, got {self.std}")
+        if self.width % self.heads:
+            raise ValueError(f"heads {self.heads} must divide width {self.width}")
+        if self.width % 4:
+            raise ValueError(f"width must be divisible by 4 (2-D sine-cosine positions), got {self.width}")
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        return self
+
+    @property
+    def grid(self) -> int:
+        """Patches per side of the preprocessed image."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Tokens per image, N = grid ** 2."""
+        return self.grid**2
