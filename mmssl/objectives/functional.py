@@ -1,0 +1,286 @@
+"""Pure tensor loss functions for contrastive, alignment and masked-prediction objectives.
+
+Every function is stateless: learnable quantities (``logit_scale``, ``logit_bias``) are
+passed in by the caller. Contrastive losses return ``dict[str, Tensor]`` with a
+differentiable ``"loss"`` and detached logging terms; masked losses return a scalar.
+
+Distributed convention (``gather=True``): embeddings of all processes are gathered *with*
+gradient (:func:`mmssl.objectives.distributed.gather_with_grad`); each process computes
+the loss of its own rows against all gathered columns and normalises by its *local* row
+count. The mean of the per-process losses then equals the loss over the full global batch,
+and DDP's averaging of gradients yields exactly the single-process full-batch gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmssl.objectives.distributed import gather_with_grad, rank
+
+__all__ = [
+    "clip_loss",
+    "info_nce",
+    "masked_accuracy",
+    "masked_cross_entropy",
+    "masked_mse",
+    "normalized_patch_targets",
+    "siglip_loss",
+]
+
+CLIP_MAX_LOGIT_SCALE = 100.0
+
+
+def _check_pair(a: Tensor, b: Tensor, names: str) -> None:
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(
+            f"{names} must both be [n, d] with equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if a.shape[0] == 0:
+        raise ValueError(f"{names} must have at least one row")
+
+
+def _gather_pair(a: Tensor, b: Tensor, gather: bool) -> tuple[Tensor, Tensor, int]:
+    """Return (all_a, all_b, offset of this process's rows in the gathered tensors)."""
+    if not gather:
+        return a, b, 0
+    return gather_with_grad(a), gather_with_grad(b), rank() * a.shape[0]
+
+
+def info_nce(z_a: Tensor, z_b: Tensor, temperature: float, gather: bool = False) -> dict[str, Tensor]:
+    """SimCLR NT-Xent loss over two augmented views.
+
+    Row ``i`` of ``z_a`` and row ``i`` of ``z_b`` are the two views of one sample. Each of the
+    ``2n`` local embeddings is an anchor; its candidates are all ``2N`` (global) embeddings
+    except itself, its positive is the other view of the same sample. Embeddings are
+    L2-normalised here, similarities are cosine / ``temperature``.
+
+    Args:
+        z_a: Projections of the first view (need not be normalised).
+        z_b: Projections of the second view, same shape as ``z_a``.
+        temperature: Softmax temperature (> 0), e.g. 0.1 or 0.5.
+        gather: Use the views of all processes as candidates (with gradient). The loss is the
+            mean over this process's ``2n`` anchors, so the mean over processes equals the
+            full-batch loss.
+
+    Returns:
+        ``{"loss": scalar, "acc": detached fraction of anchors whose positive is top-1}``.
+
+    Shapes:
+        z_a, z_b: ``[n, d]``; with ``gather`` every process has the same ``n``, ``N = world * n``.
+        similarity matrix: ``[2n, 2N]``.
+    """
+    _check_pair(z_a, z_b, "z_a, z_b")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n = z_a.shape[0]
+    a = F.normalize(z_a, dim=-1)
+    b = F.normalize(z_b, dim=-1)
+    a_all, b_all, offset = _gather_pair(a, b, gather)
+    big_n = a_all.shape[0]
+
+    anchors = torch.cat([a, b])  # [2n, d]
+    candidates = torch.cat([a_all, b_all])  # [2N, d]
+    logits = anchors @ candidates.T / temperature  # [2n, 2N]
+
+    idx = torch.arange(n, device=logits.device) + offset
+    self_idx = torch.cat([idx, idx + big_n])
+    pos_idx = torch.cat([idx + big_n, idx])
+    cols = torch.arange(2 * big_n, device=logits.device)
+    logits = logits.masked_fill(cols[None, :] == self_idx[:, None], float("-inf"))
+
+    loss = F.cross_entropy(logits, pos_idx)
+    with torch.no_grad():
+        acc = (logits.argmax(dim=1) == pos_idx).float().mean()
+    return {"loss": loss, "acc": acc}
+
+
+def clip_loss(x: Tensor, y: Tensor, logit_scale: Tensor, gather: bool = False) -> dict[str, Tensor]:
+    """Symmetric InfoNCE of CLIP over paired rows of two modalities.
+
+    ``logits = exp(logit_scale) * x @ y.T`` (the factor is clamped to at most 100, as in
+    CLIP); the loss is the mean of the cross entropies that pick the paired column for every
+    row of ``x`` (x->y) and the paired row for every row of ``y`` (y->x).
+
+    Args:
+        x: L2-normalised embeddings of modality x.
+        y: L2-normalised embeddings of modality y; row ``i`` pairs with ``x[i]``.
+        logit_scale: Learnable scalar, log of the inverse temperature (CLIP init: log(1/0.07)).
+        gather: Local rows against the columns of all processes (open_clip ``local_loss``
+            style, labels offset by ``rank * n``); each direction is a mean over the local rows.
+
+    Returns:
+        ``loss``, and detached ``loss_x2y``, ``loss_y2x``, ``acc`` (mean top-1 accuracy of both
+        directions) and ``scale`` (the clamped ``exp(logit_scale)``).
+
+    Shapes:
+        x, y: ``[n, d]``; logit_scale: ``[]``; logits per direction: ``[n, N]``.
+    """
+    _check_pair(x, y, "x, y")
+    n = x.shape[0]
+    scale = logit_scale.exp().clamp(max=CLIP_MAX_LOGIT_SCALE)
+    x_all, y_all, offset = _gather_pair(x, y, gather)
+    logits_x2y = scale * (x @ y_all.T)  # [n, N]
+    if x_all is x:  # single process: one matmul serves both directions
+        logits_y2x = logits_x2y.T
+    else:
+        logits_y2x = scale * (y @ x_all.T)
+    labels = torch.arange(n, device=x.device) + offset
+
+    loss_x2y = F.cross_entropy(logits_x2y, labels)
+    loss_y2x = F.cross_entropy(logits_y2x, labels)
+    loss = 0.5 * (loss_x2y + loss_y2x)
+    with torch.no_grad():
+        acc = 0.5 * (
+            (logits_x2y.argmax(1) == labels).float().mean() + (logits_y2x.argmax(1) == labels).float().mean()
+        )
+    return {
+        "loss": loss,
+        "loss_x2y": loss_x2y.detach(),
+        "loss_y2x": loss_y2x.detach(),
+        "acc": acc,
+        "scale": scale.detach(),
+    }
+
+
+def siglip_loss(
+    x: Tensor, y: Tensor, logit_scale: Tensor, logit_bias: Tensor, gather: bool = False
+) -> dict[str, Tensor]:
+    """Pairwise sigmoid loss of SigLIP.
+
+    ``loss = -1/n * sum_ij log sigmoid(z_ij * (exp(logit_scale) * x_i.y_j + logit_bias))`` with
+    ``z_ij = +1`` for the paired column and ``-1`` otherwise. The sum runs over all ``n * N``
+    pairs of local rows and (global) columns and is divided by the number of *rows*: the
+    full-batch loss divides the ``N * N`` pair sum by ``N``. ``exp(logit_scale)`` is not clamped.
+
+    Args:
+        x: L2-normalised embeddings of modality x.
+        y: L2-normalised embeddings of modality y; row ``i`` pairs with ``x[i]``.
+        logit_scale: Learnable scalar, log of the logit scale (SigLIP init: log 10).
+        logit_bias: Learnable scalar bias (SigLIP init: -10).
+        gather: Local ``x`` rows against the gathered ``y`` of all processes (with gradient),
+            normalised by the local ``n``, so that the mean over processes is the full-batch loss.
+
+    Returns:
+        ``loss``, and detached ``acc`` (fraction of rows whose paired column has the largest
+        logit), ``pos_prob`` / ``neg_prob`` (mean sigmoid of paired / unpaired logits;
+        ``neg_prob`` is 0 when there are no unpaired columns).
+
+    Shapes:
+        x, y: ``[n, d]``; logit_scale, logit_bias: ``[]``; logits: ``[n, N]``.
+    """
+    _check_pair(x, y, "x, y")
+    n = x.shape[0]
+    if gather:
+        y_all, offset = gather_with_grad(y), rank() * n
+    else:
+        y_all, offset = y, 0
+    logits = logit_scale.exp() * (x @ y_all.T) + logit_bias  # [n, N]
+    labels = torch.arange(n, device=x.device) + offset
+    cols = torch.arange(y_all.shape[0], device=x.device)
+    positive = cols[None, :] == labels[:, None]  # [n, N]
+    signs = positive.to(logits.dtype) * 2 - 1
+
+    loss = -F.logsigmoid(signs * logits).sum() / n
+    with torch.no_grad():
+        probs = logits.sigmoid()
+        acc = (logits.argmax(1) == labels).float().mean()
+        pos_prob = probs[positive].mean()
+        n_neg = positive.numel() - n
+        neg_prob = probs.masked_fill(positive, 0).sum() / max(n_neg, 1)
+    return {"loss": loss, "acc": acc, "pos_prob": pos_prob, "neg_prob": neg_prob}
+
+
+def _check_mask(mask: Tensor, leading: torch.Size) -> None:
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
+    if mask.shape != leading:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match {tuple(leading)}")
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean squared error over masked tokens (MAE).
+
+    The per-token loss is the mean over the last dim of ``(pred - target) ** 2``; the result
+    is the mean of the per-token losses over the tokens where ``mask`` is True. Unmasked
+    tokens get zero weight (and zero gradient); 0 is returned when no token is masked.
+
+    Args:
+        pred: Predicted patches.
+        target: Target patches (e.g. :func:`normalized_patch_targets` of the pixels).
+        mask: True where the token was masked and has to be predicted.
+
+    Returns:
+        Scalar loss.
+
+    Shapes:
+        pred, target: ``[B, N, P]``; mask: ``[B, N]`` bool.
+    """
+    if pred.shape != target.shape or pred.dim() < 2:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must match")
+    _check_mask(mask, pred.shape[:-1])
+    per_token = (pred - target).pow(2).mean(dim=-1)
+    weight = mask.to(per_token.dtype)
+    return (per_token * weight).sum() / weight.sum().clamp(min=1)
+
+
+def masked_cross_entropy(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean cross entropy over masked positions (masked language / token modelling).
+
+    Only masked positions are evaluated, so ``target`` may hold anything (e.g. padding or
+    -100) where ``mask`` is False. Returns 0 (with a zero gradient) when nothing is masked.
+
+    Args:
+        logits: Unnormalised scores over the vocabulary.
+        target: Token ids to predict.
+        mask: True where the position was masked and has to be predicted.
+
+    Returns:
+        Scalar loss.
+
+    Shapes:
+        logits: ``[B, N, V]``; target: ``[B, N]`` long; mask: ``[B, N]`` bool.
+    """
+    if logits.dim() < 2 or target.shape != logits.shape[:-1]:
+        raise ValueError(f"target {tuple(target.shape)} must match logits {tuple(logits.shape)}[:-1]")
+    _check_mask(mask, target.shape)
+    selected = logits[mask]  # [M, V]
+    labels = target[mask]  # [M]
+    return F.cross_entropy(selected, labels, reduction="sum") / max(labels.numel(), 1)
+
+
+@torch.no_grad()
+def masked_accuracy(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Detached top-1 accuracy over masked positions (0 when nothing is masked).
+
+    Shapes:
+        logits: ``[B, N, V]``; target: ``[B, N]`` long; mask: ``[B, N]`` bool; returns ``[]``.
+    """
+    if logits.dim() < 2 or target.shape != logits.shape[:-1]:
+        raise ValueError(f"target {tuple(target.shape)} must match logits {tuple(logits.shape)}[:-1]")
+    _check_mask(mask, target.shape)
+    correct = (logits.argmax(dim=-1) == target) & mask
+    return correct.sum().float() / mask.sum().clamp(min=1).float()
+
+
+def normalized_patch_targets(patches: Tensor, eps: float = 1e-6) -> Tensor:
+    """Normalise each patch by its own mean and variance (MAE ``norm_pix_loss``).
+
+    ``(p - mean(p)) / sqrt(var(p) + eps)`` over the last dim, with the unbiased variance as
+    in the MAE reference code (``Tensor.var`` default); a single-value patch (``P == 1``)
+    uses the biased variance and maps to 0.
+
+    Args:
+        patches: Flattened pixel patches.
+        eps: Added to the variance for stability.
+
+    Returns:
+        Tensor of the same shape as ``patches``.
+
+    Shapes:
+        patches: ``[B, N, P]`` (any leading dims); returns the same shape.
+    """
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True, correction=1 if patches.shape[-1] > 1 else 0)
+    return (patches - mean) / (var + eps).sqrt()
