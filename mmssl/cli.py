@@ -1,0 +1,135 @@
+"""Command line: ``mmssl train | eval | embed | validate | modalities``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal self-supervised pretraining.")
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def validate(recipes: Annotated[list[Path], typer.Argument(help="Recipe files.")]) -> None:
+    """Validate recipes (schema, plugins, objectives, capabilities) without running anything."""
+    from mmssl.recipe import RecipeError, load_recipe
+
+    failed = False
+    for path in recipes:
+        try:
+            load_recipe(path)
+            typer.echo(f"ok  {path}")
+        except (RecipeError, FileNotFoundError) as err:
+            failed = True
+            typer.secho(str(err), fg=typer.colors.RED, err=True)
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder.")] = Path("runs/latest"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Run the recipe's evaluations at the end.")] = True,
+) -> None:
+    """Train a recipe; the run folder gets checkpoints, metrics.jsonl, tb/, model.safetensors and eval.json."""
+    from mmssl.build import validate_plugin_sections
+    from mmssl.recipe import RecipeError, load_recipe
+    from mmssl.train.trainer import RunExistsError
+    from mmssl.train.trainer import train as run_training
+
+    try:
+        parsed = load_recipe(recipe, overrides or [])
+    except (RecipeError, FileNotFoundError, KeyError, ValueError) as err:
+        _fail(str(err))
+    plan = validate_plugin_sections(parsed, str(recipe))
+    try:
+        result = run_training(plan, output, resume=resume)
+    except RunExistsError as err:
+        _fail(str(err))
+    if evaluate and result.finished and plan.evaluations:
+        _evaluate(output)
+
+
+def _evaluate(run_dir: Path) -> None:
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        from mmssl.run import evaluate, load_run
+
+        results = evaluate(load_run(run_dir, state.device), state.device)
+        for key, value in results.items():
+            typer.echo(f"{key:32s} {value:.4f}")
+        typer.echo(f"wrote {run_dir / 'eval.json'}")
+    state.wait_for_everyone()
+
+
+@app.command("eval")
+def eval_(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmssl train`.")]) -> None:
+    """Run a run's evaluations and write RUN_DIR/eval.json."""
+    try:
+        _evaluate(run_dir)
+    except FileNotFoundError as err:
+        _fail(str(err))
+
+
+@app.command()
+def embed(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    split: Annotated[str, typer.Option(help="Data split of the recipe to embed.")] = "train",
+    modality: Annotated[str, typer.Option(help="Modality to embed.")] = ...,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .safetensors file.")] = Path("embeddings.safetensors"),
+    features: Annotated[str, typer.Option(help="pooled (encoder) or projected (shared space).")] = "projected",
+    batch_size: int = 256,
+) -> None:
+    """Write embeddings of a data split (and its labels and row indices) to a safetensors file."""
+    import torch
+
+    from mmssl.build import load_source
+    from mmssl.data.dataset import is_missing
+    from mmssl.eval.embed import embed_values
+    from mmssl.run import load_run
+    from mmssl.train.checkpoint import save_tensors_atomic
+
+    run = load_run(run_dir)
+    if modality not in run.plan.recipe.modalities:
+        _fail(f"modality {modality!r} is not in the run's recipe (has {sorted(run.plan.recipe.modalities)})")
+    if split not in run.plan.recipe.data:
+        _fail(f"split {split!r} is not in the run's recipe (has {sorted(run.plan.recipe.data)})")
+    source = load_source(run.plan, split)
+    column = run.plan.recipe.column_of(modality)
+    rows = [i for i, row in enumerate(source.rows) if not is_missing(row.get(column))]
+    values = [source.rows[i][column] for i in rows]
+    emb = embed_values(run.model, modality, run.processors[modality], values, features, batch_size)
+    tensors = {"embeddings": emb, "index": torch.tensor(rows, dtype=torch.long)}
+    labels = [source.rows[i].get("label") for i in rows]
+    if all(label is not None for label in labels):
+        tensors["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
+    save_tensors_atomic(tensors, output)
+    typer.echo(f"wrote {tuple(emb.shape)} {features} embeddings of {split}/{modality} to {output}")
+
+
+@app.command()
+def modalities() -> None:
+    """List registered modality plugins and their capabilities."""
+    from mmssl.plugins import all_modalities
+
+    for plugin in all_modalities():
+        typer.echo(f"{plugin.name:12s} {plugin.capabilities.describe():45s} {plugin.description}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

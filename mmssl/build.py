@@ -1,0 +1,194 @@
+"""Builders: turn a validated recipe into plugins, processors, a model and objectives.
+
+This is the one place recipe sections become objects; modules never read the recipe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from torch import nn
+
+import mmssl.data.fashion_mnist  # noqa: F401  (registers the source)
+from mmssl.data.dataset import CLEAN, is_missing
+from mmssl.data.sources import SOURCES, Source, SourceType
+import mmssl.eval  # noqa: F401  (registers evaluators)
+from mmssl.eval.base import EVALUATORS, EvaluatorType
+from mmssl.modality import ModalityBatch, ModalityPlugin, Processor, check_is_module
+from mmssl.model import JointEmbeddingModel, TrainModule
+from mmssl.objectives import OBJECTIVES
+from mmssl.objectives.base import BuildInfo, ObjectiveOptions, ObjectiveType, objective_requirements_error
+from mmssl.plugins import MODALITIES, PluginError, load_entry_points, load_plugin_file
+from mmssl.recipe import Recipe, RecipeError, pydantic_errors
+from mmssl.registry import RegistryError
+
+
+@dataclass
+class Plan:
+    """The typed, plugin-validated content of a recipe."""
+
+    recipe: Recipe
+    plugins: dict[str, ModalityPlugin] = field(default_factory=dict)
+    modality_options: dict[str, BaseModel] = field(default_factory=dict)
+    sources: dict[str, tuple[SourceType, BaseModel]] = field(default_factory=dict)
+    objectives: list[tuple[str, ObjectiveType, ObjectiveOptions]] = field(default_factory=list)
+    evaluations: list[tuple[EvaluatorType, BaseModel]] = field(default_factory=list)
+
+    def views(self) -> dict[str, list[str]]:
+        """modality -> the views training needs (always at least the clean one)."""
+        needed: dict[str, list[str]] = {m: [] for m in self.recipe.modalities}
+        for _, _, spec in self.objectives:
+            for modality, view in spec.inputs():
+                if view not in needed[modality]:
+                    needed[modality].append(view)
+        return {m: v or [CLEAN] for m, v in needed.items()}
+
+
+def _named(entry: dict[str, Any], key: str, registry: Any, path: str, errors: list[tuple[str, str]]) -> tuple[Any, Any]:
+    if key not in entry:
+        errors.append((path, f"missing `{key}` (one of: {', '.join(registry.names())})"))
+        return None, None
+    try:
+        kind = registry.get(str(entry[key]))
+    except RegistryError as err:
+        errors.append((f"{path}.{key}", str(err)))
+        return None, None
+    body = entry if key == "name" else {k: v for k, v in entry.items() if k != key}
+    try:
+        return kind, kind.options.model_validate(body)
+    except ValidationError as err:
+        errors.extend(pydantic_errors(err, path))
+        return kind, None
+
+
+def validate_plugin_sections(recipe: Recipe, source: str = "<recipe>") -> Plan:
+    """Second validation pass: plugin options, sources, objectives, evaluations, capabilities."""
+    errors: list[tuple[str, str]] = []
+    plan = Plan(recipe)
+    try:
+        load_entry_points()
+        for i, file in enumerate(recipe.plugins):
+            try:
+                load_plugin_file(file, recipe.base_dir)
+            except PluginError as err:
+                errors.append((f"plugins[{i}]", str(err)))
+    except PluginError as err:
+        errors.append(("(plugins)", str(err)))
+    for name, spec in recipe.modalities.items():
+        path = f"modalities.{name}"
+        try:
+            plugin = MODALITIES.get(recipe.plugin_of(name))
+        except RegistryError as err:
+            errors.append((f"{path}.plugin", str(err)))
+            continue
+        plan.plugins[name] = plugin
+        try:
+            plan.modality_options[name] = plugin.parse_options(spec.options)
+        except ValidationError as err:
+            errors.extend(pydantic_errors(err, f"{path}.options"))
+    for split, entry in recipe.data.items():
+        kind, options = _named(entry, "source", SOURCES, f"data.{split}", errors)
+        if options is not None:
+            plan.sources[split] = (kind, options)
+    labels: dict[str, int] = {}
+    for i, entry in enumerate(recipe.objectives):
+        kind, options = _named(entry, "name", OBJECTIVES, f"objectives[{i}]", errors)
+        if options is None:
+            continue
+        base = kind.name
+        labels[base] = labels.get(base, 0) + 1
+        label = base if labels[base] == 1 else f"{base}{labels[base]}"
+        caps = {m: p.capabilities for m, p in plan.plugins.items()}
+        names = {m: p.name for m, p in plan.plugins.items()}
+        for problem in objective_requirements_error(options, caps, names, set(recipe.modalities)):
+            errors.append((f"objectives[{i}]", problem))
+        plan.objectives.append((label, kind, options))
+    for i, entry in enumerate(recipe.evaluations):
+        kind, options = _named(entry, "name", EVALUATORS, f"evaluations[{i}]", errors)
+        if options is None:
+            continue
+        for split in kind.splits(options):
+            if split not in recipe.data:
+                errors.append((f"evaluations[{i}]", f"names data split {split!r}, not in `data` ({sorted(recipe.data)})"))
+        for modality in kind.modalities(options):
+            if modality not in recipe.modalities:
+                errors.append((f"evaluations[{i}]", f"names modality {modality!r}, not in `modalities`"))
+        plan.evaluations.append((kind, options))
+    if errors:
+        raise RecipeError(source, errors)
+    return plan
+
+
+def load_source(plan: Plan, split: str) -> Source:
+    kind, options = plan.sources[split]
+    return kind.load(options, plan.recipe.base_dir)
+
+
+def _corpus(source: Source, column: str) -> Iterator[Any]:
+    for row in source.rows:
+        value = row.get(column)
+        if not is_missing(value):
+            yield value
+
+
+def build_processors(plan: Plan, train: Source) -> dict[str, Processor]:
+    """Fit each modality's processor on the training split's column."""
+    out = {}
+    for modality, plugin in plan.plugins.items():
+        column = plan.recipe.column_of(modality)
+        if train.columns and column not in train.columns:
+            raise KeyError(f"modality {modality!r} reads column {column!r}, not in {train.origin} (has {train.columns})")
+        out[modality] = plugin.build_processor(plan.modality_options[modality], _corpus(train, column))
+    return out
+
+
+def save_processors(processors: dict[str, Processor], directory: Path) -> None:
+    for modality, processor in processors.items():
+        folder = directory / modality
+        folder.mkdir(parents=True, exist_ok=True)
+        processor.save(folder)
+
+
+def load_processors(plan: Plan, directory: Path) -> dict[str, Processor]:
+    return {
+        m: plugin.load_processor(plan.modality_options[m], directory / m) for m, plugin in plan.plugins.items()
+    }
+
+
+def build_model(plan: Plan, processors: dict[str, Processor]) -> JointEmbeddingModel:
+    encoders = {
+        m: check_is_module(p.build_encoder(plan.modality_options[m], processors[m]), p.name)
+        for m, p in plan.plugins.items()
+    }
+    return JointEmbeddingModel(encoders, plan.recipe.model.embed_dim)
+
+
+def probe_batches(plan: Plan, processors: dict[str, Processor], train: Source, rows: int = 2) -> dict[str, ModalityBatch]:
+    """A tiny prepared batch of each modality, for builders that need target shapes."""
+    out = {}
+    for modality in plan.plugins:
+        values = [v for _, v in zip(range(rows), _corpus(train, plan.recipe.column_of(modality)), strict=False)]
+        proc = processors[modality]
+        out[modality] = proc.collate([proc.prepare(proc.decode(v)) for v in values])
+    return out
+
+
+def build_train_module(
+    plan: Plan, model: JointEmbeddingModel, processors: dict[str, Processor], probes: dict[str, ModalityBatch]
+) -> TrainModule:
+    info = BuildInfo(
+        widths={m: e.width for m, e in model.encoders.items()},
+        embed_dim=model.embed_dim,
+        processors=processors,
+        probes=probes,
+    )
+    objectives: dict[str, nn.Module] = {}
+    weights: dict[str, float] = {}
+    for label, kind, options in plan.objectives:
+        objectives[label] = kind.build(options, info)
+        weights[label] = options.weight
+    return TrainModule(model, objectives, weights, processors)

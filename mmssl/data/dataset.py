@@ -1,0 +1,118 @@
+"""Turning source rows into per-modality views and collating them into a ``Batch``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmssl.data.sources import Source
+from mmssl.modality import ModalityBatch, Processor
+
+CLEAN = "clean"
+"""The deterministic view (``Processor.prepare``); views named ``view0``, ``view1``, ... are random."""
+
+
+@dataclass
+class Batch:
+    """One micro-batch.
+
+    Attributes:
+        inputs: modality -> view name -> batch of the rows that have that modality.
+        present: modality -> [B] bool, which rows have that modality.
+        labels: [B] long class labels (-1 where absent), or None.
+        index: [B] long row indices in the source.
+    """
+
+    inputs: dict[str, dict[str, ModalityBatch]]
+    present: dict[str, Tensor]
+    labels: Tensor | None
+    index: Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            {m: {v: b.to(device) for v, b in views.items()} for m, views in self.inputs.items()},
+            {m: p.to(device) for m, p in self.present.items()},
+            None if self.labels is None else self.labels.to(device),
+            self.index.to(device),
+        )
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and value == "")
+
+
+class ViewDataset:
+    """Map-style dataset yielding decoded views of rows.
+
+    Items are addressed by ``(row_index, epoch)``; the random views of a row come from a generator seeded with
+    ``(seed, epoch, row_index)``, so they do not depend on worker processes or on where a run was resumed.
+
+    Args:
+        source: The rows.
+        columns: modality -> column of the source holding its raw value.
+        processors: modality -> fitted processor.
+        views: modality -> view names needed (``"clean"``, ``"view0"``, ...).
+        seed: Run seed.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        columns: dict[str, str],
+        processors: dict[str, Processor],
+        views: dict[str, list[str]],
+        seed: int = 0,
+    ) -> None:
+        self.source, self.columns, self.processors, self.views, self.seed = source, columns, processors, views, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        row = self.source[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        out: dict[str, Any] = {"index": index, "label": row.get("label", -1), "views": {}}
+        for modality, names in self.views.items():
+            raw = row.get(self.columns[modality])
+            if is_missing(raw):
+                continue
+            processor = self.processors[modality]
+            try:
+                sample = processor.decode(raw)
+            except Exception as err:
+                raise ValueError(
+                    f"{self.source.origin} row {index}, column {self.columns[modality]!r} ({modality}): {err}"
+                ) from err
+            out["views"][modality] = {
+                name: processor.prepare(sample) if name == CLEAN else processor.augment(sample, rng) for name in names
+            }
+        return out
+
+
+class Collator:
+    """Collates ``ViewDataset`` items into a ``Batch`` with each plugin's own ``collate``."""
+
+    def __init__(self, processors: dict[str, Processor], views: dict[str, list[str]]) -> None:
+        self.processors, self.views = processors, views
+
+    def __call__(self, items: list[dict[str, Any]]) -> Batch:
+        inputs: dict[str, dict[str, ModalityBatch]] = {}
+        present: dict[str, Tensor] = {}
+        for modality, names in self.views.items():
+            has = [modality in item["views"] for item in items]
+            present[modality] = torch.tensor(has, dtype=torch.bool)
+            rows = [item["views"][modality] for item in items if modality in item["views"]]
+            if rows:
+                collate = self.processors[modality].collate
+                inputs[modality] = {name: collate([row[name] for row in rows]) for name in names}
+        labels = torch.tensor([int(item["label"]) if item["label"] is not None else -1 for item in items])
+        index = torch.tensor([item["index"] for item in items], dtype=torch.long)
+        return Batch(inputs, present, labels, index)

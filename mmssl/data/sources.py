@@ -1,0 +1,121 @@
+"""Data sources: indexable collections of rows, each row a dict of column -> raw value.
+
+A source is registered by name with a pydantic options model; recipes name it as ``{source: NAME, ...options}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mmssl.registry import Registry
+
+
+@dataclass
+class Source:
+    """Rows in memory (or lazily decodable references to files).
+
+    Attributes:
+        rows: Row dicts mapping column names to raw values (paths, arrays, strings, numbers).
+        class_names: Names of the integer classes in the ``label`` column, when there is one.
+        origin: Where the rows came from, for error messages.
+    """
+
+    rows: Sequence[dict[str, Any]]
+    class_names: list[str] | None = None
+    origin: str = ""
+    columns: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+    def column(self, name: str) -> list[Any]:
+        return [row.get(name) for row in self.rows]
+
+
+@dataclass(frozen=True)
+class SourceType:
+    name: str
+    options: type[BaseModel]
+    load: Callable[[Any, Path], Source]
+
+
+SOURCES: Registry[SourceType] = Registry("data source")
+
+
+def register_source(name: str, options: type[BaseModel]) -> Callable[[Callable[[Any, Path], Source]], Any]:
+    def wrap(fn: Callable[[Any, Path], Source]) -> Callable[[Any, Path], Source]:
+        SOURCES.register(name, SourceType(name, options, fn))
+        return fn
+
+    return wrap
+
+
+class SourceOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limit: int | None = Field(None, ge=1, description="Use only the first `limit` rows.")
+
+
+class ManifestOptions(SourceOptions):
+    path: str = Field(description="A .jsonl, .csv or .parquet file with one row per example.")
+    path_columns: list[str] = Field(
+        default_factory=list, description="Columns holding file paths, resolved relative to the manifest's folder."
+    )
+    label_column: str | None = Field(None, description="Column with class labels (names or integers).")
+
+
+@register_source("manifest", ManifestOptions)
+def load_manifest(options: ManifestOptions, base: Path) -> Source:
+    """Rows from a JSONL, CSV or Parquet manifest; string labels become class indices (sorted names)."""
+    file = Path(options.path)
+    file = file if file.is_absolute() else base / file
+    if not file.is_file():
+        raise FileNotFoundError(f"manifest {file} not found")
+    if file.suffix == ".jsonl":
+        rows = []
+        for line_no, line in enumerate(file.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{file}:{line_no}: not valid JSON ({err.msg})") from err
+    elif file.suffix == ".csv":
+        with file.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    elif file.suffix == ".parquet":
+        import pandas as pd
+
+        rows = pd.read_parquet(file).to_dict("records")
+    else:
+        raise ValueError(f"manifest {file}: expected a .jsonl, .csv or .parquet file")
+    if options.limit:
+        rows = rows[: options.limit]
+    columns = list(rows[0]) if rows else []
+    for name in [*options.path_columns, *([options.label_column] if options.label_column else [])]:
+        if rows and name not in columns:
+            raise KeyError(f"manifest {file}: column {name!r} not found; columns are {columns}")
+    for row in rows:
+        for name in options.path_columns:
+            if row.get(name) not in (None, ""):
+                row[name] = (file.parent / row[name]).resolve()
+    class_names = None
+    if options.label_column:
+        labels = [row[options.label_column] for row in rows]
+        if all(isinstance(v, int) or (isinstance(v, str) and v.lstrip("-").isdigit()) for v in labels):
+            for row in rows:
+                row["label"] = int(row[options.label_column])
+        else:
+            class_names = sorted({str(v) for v in labels})
+            lookup = {name: i for i, name in enumerate(class_names)}
+            for row in rows:
+                row["label"] = lookup[str(row[options.label_column])]
+    return Source(rows, class_names, origin=str(file), columns=columns)

@@ -1,0 +1,47 @@
+"""Two-view contrastive objectives on one modality (SimCLR's NT-Xent; SimCSE for text)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from torch import Tensor, nn
+
+from mmssl.objectives.base import BuildInfo, ObjectiveOptions, StepContext, register_objective
+from mmssl.objectives.functional import info_nce
+
+
+def mlp_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
+    """SimCLR's projection head: Linear-BN-ReLU-Linear."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+
+
+class SimCLROptions(ObjectiveOptions):
+    modality: str = Field(description="Modality whose two random views are contrasted.")
+    views: tuple[str, str] = Field(("view0", "view1"), description="The two views to contrast.")
+    temperature: float = Field(0.1, gt=0)
+    proj_dim: int = Field(128, ge=1, description="Output width of the projection head.")
+    hidden_dim: int = Field(512, ge=1, description="Hidden width of the projection head.")
+    gather: bool = Field(True, description="Use negatives from all processes (gathered with gradient).")
+
+    def inputs(self) -> list[tuple[str, str]]:
+        return [(self.modality, v) for v in self.views]
+
+    def requirements(self) -> list[tuple[str, str]]:
+        return [(self.modality, "views")]
+
+
+class SimCLR(nn.Module):
+    def __init__(self, options: SimCLROptions, width: int) -> None:
+        super().__init__()
+        self.options = options
+        self.projector = mlp_projector(width, options.hidden_dim, options.proj_dim)
+
+    def forward(self, ctx: StepContext) -> dict[str, Tensor]:
+        o = self.options
+        za = self.projector(ctx.encode(o.modality, o.views[0]).pooled)
+        zb = self.projector(ctx.encode(o.modality, o.views[1]).pooled)
+        return info_nce(za, zb, o.temperature, gather=o.gather)
+
+
+@register_objective("simclr", SimCLROptions)
+def build_simclr(options: SimCLROptions, info: BuildInfo) -> nn.Module:
+    return SimCLR(options, info.widths[options.modality])

@@ -1,0 +1,167 @@
+"""The recipe schema: a YAML file validated into typed sections before any compute.
+
+Sections whose fields depend on a plugin (modality options, objective, source and evaluation options) are
+validated in a second pass against the model each registered plugin supplies, and every error names its key
+path, e.g. ``objectives[1].temprature: extra inputs are not permitted``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModalitySpec(Strict):
+    plugin: str | None = Field(None, description="Registered modality plugin; default: the modality's own key.")
+    column: str | None = Field(None, description="Data column holding this modality; default: the modality's key.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The plugin's own options.")
+
+
+class ModelSpec(Strict):
+    embed_dim: int = Field(256, ge=1, description="Width of the shared embedding space all modalities project to.")
+
+
+class TrainSpec(Strict):
+    steps: int = Field(ge=1, description="Optimizer steps.")
+    batch_size: int = Field(ge=1, description="Rows per process per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    schedule: Literal["cosine", "wsd", "constant"] = Field("cosine", description="Decay after warmup.")
+    warmup_steps: int = Field(0, ge=0)
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="Warmup-stable-decay: share of steps spent decaying.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final learning rate as a share of the peak.")
+    clip_grad: float | None = Field(1.0, gt=0, description="Max gradient norm; null disables clipping.")
+    precision: Literal["no", "bf16", "fp16"] = Field("no", description="Mixed precision through Accelerate.")
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps (0: only at the end).")
+    keep_checkpoints: int = Field(2, ge=1)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    find_unused_parameters: bool = False
+
+
+class Recipe(Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    plugins: list[str] = Field(default_factory=list, description="Extra plugin files, relative to the recipe.")
+    data: dict[str, dict[str, Any]] = Field(description="Named splits ({source: NAME, ...}); `train` is required.")
+    modalities: dict[str, ModalitySpec]
+    model: ModelSpec = ModelSpec()
+    objectives: list[dict[str, Any]] = Field(min_length=1)
+    train: TrainSpec
+    evaluations: list[dict[str, Any]] = Field(default_factory=list)
+    base_dir: Path = Field(Path("."), exclude=True, description="Folder relative paths are resolved against.")
+
+    def plugin_of(self, modality: str) -> str:
+        return self.modalities[modality].plugin or modality
+
+    def column_of(self, modality: str) -> str:
+        return self.modalities[modality].column or modality
+
+
+class RecipeError(ValueError):
+    """A recipe failed validation; ``errors`` lists ``(key path, message)``."""
+
+    def __init__(self, source: str, errors: list[tuple[str, str]]) -> None:
+        self.source, self.errors = source, errors
+        lines = "\n".join(f"  {path}: {msg}" for path, msg in errors)
+        super().__init__(f"{source}: invalid recipe\n{lines}")
+
+
+def format_loc(loc: tuple[Any, ...], prefix: str = "") -> str:
+    path = prefix
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def pydantic_errors(err: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for e in err.errors():
+        message = e["msg"]
+        if e["type"] == "extra_forbidden":
+            message = "unknown key (not allowed here)"
+        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict | list):
+            message += f" (got {e['input']!r})"
+        out.append((format_loc(tuple(e["loc"]), prefix), message))
+    return out
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b[2].c``-style paths; list items are addressed as ``objectives.1.weight`` or ``objectives[1]``."""
+    parts = dotted.replace("[", ".").replace("]", "").split(".")
+    node: Any = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise KeyError(f"override {dotted!r}: {'.'.join(parts[:i]) or 'top level'} has no item {part}")
+            key: Any = int(part)
+        else:
+            if not isinstance(node, dict):
+                raise KeyError(f"override {dotted!r}: {'.'.join(parts[:i])} is not a section")
+            key = part
+        if last:
+            node[key] = value
+        else:
+            if isinstance(node, dict) and key not in node:
+                node[key] = {}
+            node = node[key]
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; values are parsed as YAML (``3``, ``1e-3``, ``[a, b]``, ``true``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r}: expected key.path=value")
+        key, value = item.split("=", 1)
+        set_path(tree, key.strip(), yaml.safe_load(value))
+    return tree
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"recipe {file} not found")
+    try:
+        tree = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(str(file), [("(yaml)", str(err))]) from err
+    if not isinstance(tree, dict):
+        raise RecipeError(str(file), [("(top level)", "expected a mapping of sections")])
+    return tree
+
+
+def parse_recipe(tree: dict[str, Any], source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
+    """Validate the recipe's fixed sections (first pass)."""
+    try:
+        recipe = Recipe.model_validate(tree)
+    except ValidationError as err:
+        raise RecipeError(source, pydantic_errors(err)) from None
+    recipe.base_dir = base_dir or Path(".")
+    if "train" not in recipe.data:
+        raise RecipeError(source, [("data", "a `train` split is required")])
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and fully validate a recipe file (both passes)."""
+    from mmssl.build import validate_plugin_sections  # late import: plugins load only when needed
+
+    tree = apply_overrides(load_yaml(path), overrides or [])
+    recipe = parse_recipe(tree, str(path), Path(path).resolve().parent)
+    validate_plugin_sections(recipe, str(path))
+    return recipe
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

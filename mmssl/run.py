@@ -1,0 +1,71 @@
+"""Reading a finished (or checkpointed) run folder back: its recipe, processors and model; evaluating it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from mmssl.build import Plan, build_model, load_processors, load_source, validate_plugin_sections
+from mmssl.eval.base import EvalContext, run_evaluations
+from mmssl.model import JointEmbeddingModel
+from mmssl.modality import Processor
+from mmssl.recipe import load_yaml, parse_recipe
+from mmssl.train import checkpoint as ckpt
+
+
+@dataclass
+class Run:
+    path: Path
+    plan: Plan
+    processors: dict[str, Processor]
+    model: JointEmbeddingModel
+
+
+def load_run(path: str | Path, device: torch.device | str = "cpu") -> Run:
+    """Load ``path/model.safetensors``, or the model part of the latest checkpoint when training did not finish."""
+    path = Path(path)
+    recipe_file = path / "recipe.yaml"
+    if not recipe_file.is_file():
+        raise FileNotFoundError(f"{path} is not an mmssl run folder (no recipe.yaml)")
+    meta = json.loads((path / "run.json").read_text()) if (path / "run.json").is_file() else {}
+    base_dir = Path(meta.get("base_dir", path))
+    plan = validate_plugin_sections(parse_recipe(load_yaml(recipe_file), str(recipe_file), base_dir), str(recipe_file))
+    processors = load_processors(plan, path / "processors")
+    model = build_model(plan, processors)
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        ckpt.load_weights(model, weights)
+    else:
+        found = ckpt.latest_checkpoint(path / "checkpoints")
+        if found is None:
+            raise FileNotFoundError(f"{path}: no model.safetensors and no checkpoint")
+        saved = load_file(str(found / "model.safetensors"))
+        model.load_state_dict({k.removeprefix("model."): v for k, v in saved.items() if k.startswith("model.")})
+    return Run(path, plan, processors, model.to(device).eval())
+
+
+def random_init_model(plan: Plan, processors: dict[str, Processor]) -> JointEmbeddingModel:
+    """The same architecture with fresh weights drawn from the recipe's seed."""
+    torch.manual_seed(plan.recipe.seed)
+    return build_model(plan, processors).eval()
+
+
+def evaluate(run: Run, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Run the recipe's evaluations and write ``eval.json`` (flat metric name -> number) atomically."""
+    ctx = EvalContext(
+        model=run.model.to(device),
+        processors=run.processors,
+        columns={m: run.plan.recipe.column_of(m) for m in run.plan.recipe.modalities},
+        load_split=lambda split: load_source(run.plan, split),
+        build_random_model=lambda: random_init_model(run.plan, run.processors),
+        device=device,
+    )
+    rng = torch.get_rng_state()
+    results = run_evaluations(run.plan.evaluations, ctx)
+    torch.set_rng_state(rng)
+    ckpt.atomic_write_text(run.path / "eval.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
+    return results

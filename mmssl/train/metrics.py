@@ -1,0 +1,59 @@
+"""Metrics of training: averaged over each logging interval and all processes, to metrics.jsonl and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class MetricLogger:
+    """Accumulates named scalar terms and writes their means every ``flush``.
+
+    Args:
+        output: Run folder; writes ``metrics.jsonl`` and ``tb/``.
+        enabled: Only the main process writes.
+        resume_step: Lines after this step in an existing ``metrics.jsonl`` are dropped (a resumed run rewrites them).
+    """
+
+    def __init__(self, output: Path, enabled: bool = True, resume_step: int = 0) -> None:
+        self.enabled = enabled
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.path = output / "metrics.jsonl"
+        self.writer = None
+        if enabled:
+            if self.path.exists():
+                kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= resume_step]
+                self.path.write_text("".join(line + "\n" for line in kept))
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(output / "tb"), purge_step=resume_step + 1 if resume_step else None)
+
+    def accumulate(self, terms: dict[str, Tensor]) -> None:
+        for key, value in terms.items():
+            self.sums[key] += float(value.detach().float().mean())
+            self.counts[key] += 1
+
+    def flush(self, step: int, accelerator: Any, extra: dict[str, float]) -> dict[str, float]:
+        keys = sorted(self.sums)
+        means = torch.tensor([self.sums[k] / self.counts[k] for k in keys], device=accelerator.device)
+        means = accelerator.reduce(means, reduction="mean") if accelerator.num_processes > 1 else means
+        record = {"step": step, **dict(zip(keys, means.tolist(), strict=True)), **extra}
+        self.sums.clear()
+        self.counts.clear()
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            for key, value in record.items():
+                if key != "step":
+                    self.writer.add_scalar(key, value, step)
+        return record
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,182 @@
+"""The training loop on HF Accelerate: one explicit loop, no hooks or inheritance.
+
+Data order, augmentations, RNG, optimizer and schedule are all restored on ``resume``, so a run stopped at a
+checkpoint and resumed ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from mmssl.build import (
+    Plan,
+    build_model,
+    build_processors,
+    build_train_module,
+    load_processors,
+    load_source,
+    probe_batches,
+    save_processors,
+)
+from mmssl.data.dataset import Collator, ViewDataset
+from mmssl.data.sampler import ResumableBatchSampler
+from mmssl.recipe import dump_recipe
+from mmssl.train import checkpoint as ckpt
+from mmssl.train.metrics import MetricLogger
+from mmssl.train.optim import build_optimizer
+from mmssl.train.schedule import lr_multiplier
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    step: int
+    finished: bool
+
+
+class RunExistsError(FileExistsError):
+    pass
+
+
+def prepare_output(output: Path, resume: bool, is_main: bool) -> None:
+    has_run = (output / "checkpoints").exists() or (output / "model.safetensors").exists()
+    if has_run and not resume:
+        raise RunExistsError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
+    if is_main:
+        output.mkdir(parents=True, exist_ok=True)
+
+
+def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Train the recipe of ``plan`` into ``output``.
+
+    Args:
+        plan: A validated recipe (``mmssl.build.validate_plugin_sections``).
+        output: Run folder: recipe, processors, checkpoints, metrics, final weights, ``eval.json``.
+        resume: Continue from the latest checkpoint in ``output``.
+        stop_after: Stop (as if killed) after this optimizer step, without final weights or evaluation.
+    """
+    recipe, spec = plan.recipe, plan.recipe.train
+    accelerator = Accelerator(
+        mixed_precision=spec.precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=spec.find_unused_parameters)],
+    )
+    output = Path(output)
+    prepare_output(output, resume, accelerator.is_main_process)
+    set_seed(recipe.seed)
+
+    train_source = load_source(plan, "train")
+    processors_dir = output / "processors"
+    if accelerator.is_main_process and not processors_dir.exists():
+        save_processors(build_processors(plan, train_source), processors_dir)
+        ckpt.atomic_write_text(output / "recipe.yaml", dump_recipe(recipe))
+        ckpt.atomic_write_text(output / "run.json", json.dumps({"base_dir": str(recipe.base_dir.resolve())}))
+    accelerator.wait_for_everyone()
+    processors = load_processors(plan, processors_dir)
+
+    model = build_model(plan, processors)
+    module = build_train_module(plan, model, processors, probe_batches(plan, processors, train_source))
+    optimizer = build_optimizer(module, spec.lr, spec.weight_decay, spec.betas)
+    schedule = lr_multiplier(spec.schedule, spec.steps, spec.warmup_steps, spec.decay_fraction, spec.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    module, optimizer = accelerator.prepare(module, optimizer)
+    set_seed(recipe.seed, device_specific=True)  # distinct mask/dropout noise per process
+
+    checkpoints = output / "checkpoints"
+    step = 0
+    if resume:
+        found = ckpt.latest_checkpoint(checkpoints)
+        if found is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints}")
+        step = ckpt.load_checkpoint(found, accelerator.unwrap_model(module), optimizer, scheduler, accelerator.process_index)
+        accelerator.print(f"resumed from {found} at step {step}")
+
+    views = plan.views()
+    dataset = ViewDataset(train_source, {m: recipe.column_of(m) for m in views}, processors, views, recipe.seed)
+    sampler = ResumableBatchSampler(
+        len(dataset), spec.batch_size, recipe.seed, accelerator.process_index, accelerator.num_processes,
+        start=step * spec.grad_accum,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=Collator(processors, views),
+        num_workers=spec.num_workers,
+        persistent_workers=spec.num_workers > 0,
+        generator=torch.Generator().manual_seed(recipe.seed),  # keeps worker seeding off the global RNG
+    )
+    batches = iter(loader)
+    logger = MetricLogger(output, enabled=accelerator.is_main_process, resume_step=step)
+    bar = tqdm(total=spec.steps, initial=step, disable=not accelerator.is_main_process, desc=recipe.name)
+    module.train()
+    last_time, rows_seen = time.perf_counter(), 0
+    try:
+        while step < spec.steps:
+            for micro in range(spec.grad_accum):
+                batch = next(batches).to(accelerator.device)
+                rows_seen += len(batch)
+                sync = micro == spec.grad_accum - 1
+                with accelerator.no_sync(module) if not sync else _null():
+                    terms = module(batch)
+                    loss = terms["loss"]
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss is {loss.item()} at step {step}; terms: {_floats(terms)}")
+                    accelerator.backward(loss / spec.grad_accum)
+                logger.accumulate(terms)
+            if spec.clip_grad is not None:
+                terms_norm = accelerator.clip_grad_norm_(module.parameters(), spec.clip_grad)
+                logger.accumulate({"grad_norm": terms_norm})
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % spec.log_every == 0 or step == spec.steps:
+                now = time.perf_counter()
+                extra = {"lr": scheduler.get_last_lr()[0], "samples_per_s": rows_seen * accelerator.num_processes / (now - last_time)}
+                record = logger.flush(step, accelerator, extra)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                last_time, rows_seen = now, 0
+            if (spec.checkpoint_every and step % spec.checkpoint_every == 0) or step == spec.steps:
+                save_checkpoint(accelerator, checkpoints, step, module, optimizer, scheduler, spec.keep_checkpoints)
+            if stop_after is not None and step >= stop_after and step < spec.steps:
+                return TrainResult(output, step, finished=False)
+    finally:
+        bar.close()
+        logger.close()
+    if accelerator.is_main_process:
+        ckpt.save_weights(accelerator.unwrap_model(module).model, output / "model.safetensors")
+    accelerator.wait_for_everyone()
+    return TrainResult(output, step, finished=True)
+
+
+def save_checkpoint(accelerator: Accelerator, root: Path, step: int, module, optimizer, scheduler, keep: int) -> None:
+    if accelerator.is_main_process:
+        ckpt.begin_checkpoint(root, step)
+    accelerator.wait_for_everyone()
+    ckpt.write_rng(ckpt.staging_dir(root, step), accelerator.process_index)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.finish_checkpoint(root, step, accelerator.unwrap_model(module), optimizer, scheduler, keep)
+    accelerator.wait_for_everyone()
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v.detach().float().mean()) for k, v in terms.items() if math.isfinite(float(v.detach().float().mean()))}
