@@ -14,9 +14,9 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 import mmssl.data.fashion_mnist  # noqa: F401  (registers the source)
+import mmssl.eval  # noqa: F401  (registers evaluators)
 from mmssl.data.dataset import CLEAN, is_missing
 from mmssl.data.sources import SOURCES, Source, SourceType
-import mmssl.eval  # noqa: F401  (registers evaluators)
 from mmssl.eval.base import EVALUATORS, EvaluatorType
 from mmssl.modality import ModalityBatch, ModalityPlugin, Processor, check_is_module
 from mmssl.model import JointEmbeddingModel, TrainModule
@@ -113,7 +113,9 @@ def validate_plugin_sections(recipe: Recipe, source: str = "<recipe>") -> Plan:
             continue
         for split in kind.splits(options):
             if split not in recipe.data:
-                errors.append((f"evaluations[{i}]", f"names data split {split!r}, not in `data` ({sorted(recipe.data)})"))
+                errors.append(
+                    (f"evaluations[{i}]", f"names data split {split!r}, not in `data` ({sorted(recipe.data)})")
+                )
         for modality in kind.modalities(options):
             if modality not in recipe.modalities:
                 errors.append((f"evaluations[{i}]", f"names modality {modality!r}, not in `modalities`"))
@@ -141,7 +143,9 @@ def build_processors(plan: Plan, train: Source) -> dict[str, Processor]:
     for modality, plugin in plan.plugins.items():
         column = plan.recipe.column_of(modality)
         if train.columns and column not in train.columns:
-            raise KeyError(f"modality {modality!r} reads column {column!r}, not in {train.origin} (has {train.columns})")
+            raise KeyError(
+                f"modality {modality!r} reads column {column!r}, not in {train.origin} (has {train.columns})"
+            )
         out[modality] = plugin.build_processor(plan.modality_options[modality], _corpus(train, column))
     return out
 
@@ -154,9 +158,7 @@ def save_processors(processors: dict[str, Processor], directory: Path) -> None:
 
 
 def load_processors(plan: Plan, directory: Path) -> dict[str, Processor]:
-    return {
-        m: plugin.load_processor(plan.modality_options[m], directory / m) for m, plugin in plan.plugins.items()
-    }
+    return {m: plugin.load_processor(plan.modality_options[m], directory / m) for m, plugin in plan.plugins.items()}
 
 
 def build_model(plan: Plan, processors: dict[str, Processor]) -> JointEmbeddingModel:
@@ -167,7 +169,9 @@ def build_model(plan: Plan, processors: dict[str, Processor]) -> JointEmbeddingM
     return JointEmbeddingModel(encoders, plan.recipe.model.embed_dim)
 
 
-def probe_batches(plan: Plan, processors: dict[str, Processor], train: Source, rows: int = 2) -> dict[str, ModalityBatch]:
+def probe_batches(
+    plan: Plan, processors: dict[str, Processor], train: Source, rows: int = 2
+) -> dict[str, ModalityBatch]:
     """A tiny prepared batch of each modality, for builders that need target shapes."""
     out = {}
     for modality in plan.plugins:

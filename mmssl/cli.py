@@ -87,7 +87,9 @@ def embed(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
     split: Annotated[str, typer.Option(help="Data split of the recipe to embed.")] = "train",
     modality: Annotated[str, typer.Option(help="Modality to embed.")] = ...,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output .safetensors file.")] = Path("embeddings.safetensors"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .safetensors file.")] = Path(
+        "embeddings.safetensors"
+    ),
     features: Annotated[str, typer.Option(help="pooled (encoder) or projected (shared space).")] = "projected",
     batch_size: int = 256,
 ) -> None:

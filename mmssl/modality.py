@@ -181,5 +181,7 @@ def corpus_of(values: Iterable[Any], limit: int | None = None) -> Iterable[Any]:
 
 def check_is_module(encoder: Any, plugin: str) -> nn.Module:
     if not isinstance(encoder, nn.Module):
-        raise TypeError(f"modality plugin {plugin!r}: build_encoder returned {type(encoder).__name__}, expected nn.Module")
+        raise TypeError(
+            f"modality plugin {plugin!r}: build_encoder returned {type(encoder).__name__}, expected nn.Module"
+        )
     return encoder

@@ -43,7 +43,9 @@ def load_entry_points() -> None:
         try:
             obj = ep.load()
         except Exception as err:  # a broken third-party plugin must say which one it is
-            raise PluginError(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}) failed to load: {err}") from err
+            raise PluginError(
+                f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}) failed to load: {err}"
+            ) from err
         _register(obj, f"entry point {ep.name} = {ep.value}")
 
 

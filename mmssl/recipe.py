@@ -42,7 +42,9 @@ class TrainSpec(Strict):
     clip_grad: float | None = Field(1.0, gt=0, description="Max gradient norm; null disables clipping.")
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="Mixed precision through Accelerate.")
     log_every: int = Field(10, ge=1)
-    checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps (0: only at the end).")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Save a resumable checkpoint every N steps (0: only at the end)."
+    )
     keep_checkpoints: int = Field(2, ge=1)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     find_unused_parameters: bool = False

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from mmssl.build import Plan, build_model, load_processors, load_source, validate_plugin_sections
 from mmssl.eval.base import EvalContext, run_evaluations
-from mmssl.model import JointEmbeddingModel
 from mmssl.modality import Processor
+from mmssl.model import JointEmbeddingModel
 from mmssl.recipe import load_yaml, parse_recipe
 from mmssl.train import checkpoint as ckpt
 

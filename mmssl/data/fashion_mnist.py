@@ -82,7 +82,11 @@ def load_fashion_mnist(options: FashionMNISTOptions, base: Path) -> Source:
     n = min(len(labels), options.limit or len(labels))
     templates = options.captions
     rows = [
-        {"image": images[i], "caption": templates[i % len(templates)].format(CLASS_NAMES[labels[i]]), "label": int(labels[i])}
+        {
+            "image": images[i],
+            "caption": templates[i % len(templates)].format(CLASS_NAMES[labels[i]]),
+            "label": int(labels[i]),
+        }
         for i in range(n)
     ]
     return Source(rows, list(CLASS_NAMES), origin=str(folder / images_file), columns=["image", "caption", "label"])

@@ -165,6 +165,5 @@ def sincos_positions_2d(grid_h: int, grid_w: int, width: int) -> Tensor:
         raise ValueError(f"2-D sine-cosine positions need a width divisible by 4, got {width}")
     rows = sincos_positions(grid_h, width // 2)
     cols = sincos_positions(grid_w, width // 2)
-    return torch.cat([rows[:, None, :].expand(-1, grid_w, -1), cols[None, :, :].expand(grid_h, -1, -1)], dim=-1).reshape(
-        grid_h * grid_w, width
-    )
+    grid = torch.cat([rows[:, None, :].expand(-1, grid_w, -1), cols[None, :, :].expand(grid_h, -1, -1)], dim=-1)
+    return grid.reshape(grid_h * grid_w, width)

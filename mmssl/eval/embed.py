@@ -8,8 +8,8 @@ from torch import Tensor
 
 from mmssl.data.dataset import is_missing
 from mmssl.data.sources import Source
-from mmssl.model import JointEmbeddingModel
 from mmssl.modality import Processor
+from mmssl.model import JointEmbeddingModel
 
 
 @torch.no_grad()

@@ -32,7 +32,9 @@ def knn_predict(bank: Tensor, bank_labels: Tensor, query: Tensor, k: int = 20, t
     return torch.cat(preds)
 
 
-def knn_accuracy(bank: Tensor, bank_labels: np.ndarray, query: Tensor, query_labels: np.ndarray, k: int, t: float) -> float:
+def knn_accuracy(
+    bank: Tensor, bank_labels: np.ndarray, query: Tensor, query_labels: np.ndarray, k: int, t: float
+) -> float:
     pred = knn_predict(bank, torch.as_tensor(bank_labels), query, k, t)
     return float((pred.numpy() == query_labels).mean())
 
@@ -60,9 +62,13 @@ def run_knn(options: KNNOptions, ctx: EvalContext) -> dict[str, float]:
 
     def score(model) -> float:
         def emb(values):
-            return embed_values(model, options.modality, processor, values, options.features, options.batch_size, ctx.device)
+            return embed_values(
+                model, options.modality, processor, values, options.features, options.batch_size, ctx.device
+            )
 
-        return knn_accuracy(emb(bank_values), bank_labels, emb(query_values), query_labels, options.k, options.temperature)
+        return knn_accuracy(
+            emb(bank_values), bank_labels, emb(query_values), query_labels, options.k, options.temperature
+        )
 
     results = {f"{prefix}_top1": score(ctx.model)}
     if "random_init" in options.baselines:

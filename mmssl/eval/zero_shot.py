@@ -19,7 +19,9 @@ class ZeroShotOptions(EvalOptions):
     baselines: list[str] = Field(default_factory=lambda: ["random_init"])
 
 
-def zero_shot_accuracy(model, options: ZeroShotOptions, ctx: EvalContext, values: list, labels: np.ndarray, names) -> float:
+def zero_shot_accuracy(
+    model, options: ZeroShotOptions, ctx: EvalContext, values: list, labels: np.ndarray, names
+) -> float:
     text_proc = ctx.processors[options.text]
     prompts = [template.format(name) for name in names for template in options.prompts]
     text = embed_values(model, options.text, text_proc, prompts, "projected", options.batch_size, ctx.device)
@@ -42,6 +44,8 @@ def run_zero_shot(options: ZeroShotOptions, ctx: EvalContext) -> dict[str, float
     values, labels = labelled_values(source, ctx.columns[options.modality])
     results = {f"{prefix}_top1": zero_shot_accuracy(ctx.model, options, ctx, values, labels, names)}
     if "random_init" in options.baselines:
-        results[f"{prefix}_top1_random_init"] = zero_shot_accuracy(ctx.random_model, options, ctx, values, labels, names)
+        results[f"{prefix}_top1_random_init"] = zero_shot_accuracy(
+            ctx.random_model, options, ctx, values, labels, names
+        )
     results[f"{prefix}_chance"] = 1.0 / len(names)
     return results

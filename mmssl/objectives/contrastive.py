@@ -11,7 +11,9 @@ from mmssl.objectives.functional import info_nce
 
 def mlp_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
     """SimCLR's projection head: Linear-BN-ReLU-Linear."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim)
+    )
 
 
 class SimCLROptions(ObjectiveOptions):

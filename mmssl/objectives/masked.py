@@ -41,7 +41,7 @@ class MaskedDecoder(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, tokens: Tensor, keep: Tensor | None, num_tokens: int, padding_mask: Tensor | None) -> Tensor:
-        """Shapes: tokens [B, K, D] (K = N when nothing was dropped), keep [B, K], padding_mask [B, N] -> [B, N, out]."""
+        """Shapes: tokens [B, K, D] (K = N if nothing was dropped), keep [B, K], padding_mask [B, N] -> [B, N, out]."""
         x = self.embed(tokens)
         if keep is not None:
             full = self.mask_token.to(x.dtype).expand(x.shape[0], num_tokens, -1).clone()
@@ -85,7 +85,9 @@ class MaskedPrediction(nn.Module):
         o = self.options
         masked: MaskedInput = ctx.processors[o.modality].mask(ctx.inputs(o.modality, o.view), o.mask_ratio)
         out = ctx.model.encode(o.modality, masked.batch)
-        pred = self.decoder(out.tokens, masked.batch.keep, masked.mask.shape[1], ctx.inputs(o.modality, o.view).padding_mask)
+        pred = self.decoder(
+            out.tokens, masked.batch.keep, masked.mask.shape[1], ctx.inputs(o.modality, o.view).padding_mask
+        )
         if masked.kind == "categorical":
             loss = masked_cross_entropy(pred.float(), masked.target, masked.mask)
             acc = (pred.argmax(-1) == masked.target)[masked.mask].float().mean().detach()

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-
 from torch import nn
 
 
@@ -116,9 +115,7 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(
-    path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int
-) -> int:
+def load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int) -> int:
     """Restore a checkpoint in place; returns its step. Never unpickles arbitrary objects."""
     load_weights(module, path / "model.safetensors")
     state = torch.load(path / "state.pt", weights_only=True)

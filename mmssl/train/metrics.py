@@ -28,7 +28,11 @@ class MetricLogger:
         self.writer = None
         if enabled:
             if self.path.exists():
-                kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= resume_step]
+                kept = [
+                    line
+                    for line in self.path.read_text().splitlines()
+                    if json.loads(line).get("step", 0) <= resume_step
+                ]
                 self.path.write_text("".join(line + "\n" for line in kept))
             from torch.utils.tensorboard import SummaryWriter
 

@@ -97,13 +97,19 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
         found = ckpt.latest_checkpoint(checkpoints)
         if found is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints}")
-        step = ckpt.load_checkpoint(found, accelerator.unwrap_model(module), optimizer, scheduler, accelerator.process_index)
+        step = ckpt.load_checkpoint(
+            found, accelerator.unwrap_model(module), optimizer, scheduler, accelerator.process_index
+        )
         accelerator.print(f"resumed from {found} at step {step}")
 
     views = plan.views()
     dataset = ViewDataset(train_source, {m: recipe.column_of(m) for m in views}, processors, views, recipe.seed)
     sampler = ResumableBatchSampler(
-        len(dataset), spec.batch_size, recipe.seed, accelerator.process_index, accelerator.num_processes,
+        len(dataset),
+        spec.batch_size,
+        recipe.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
         start=step * spec.grad_accum,
     )
     loader = DataLoader(
@@ -142,7 +148,10 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
             bar.update(1)
             if step % spec.log_every == 0 or step == spec.steps:
                 now = time.perf_counter()
-                extra = {"lr": scheduler.get_last_lr()[0], "samples_per_s": rows_seen * accelerator.num_processes / (now - last_time)}
+                extra = {
+                    "lr": scheduler.get_last_lr()[0],
+                    "samples_per_s": rows_seen * accelerator.num_processes / (now - last_time),
+                }
                 record = logger.flush(step, accelerator, extra)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 last_time, rows_seen = now, 0
@@ -179,4 +188,6 @@ class _null:
 
 
 def _floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {k: float(v.detach().float().mean()) for k, v in terms.items() if math.isfinite(float(v.detach().float().mean()))}
+    return {
+        k: float(v.detach().float().mean()) for k, v in terms.items() if math.isfinite(float(v.detach().float().mean()))
+    }

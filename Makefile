@@ -1,0 +1,34 @@
+# The two commands: `make demo` (train the quickstart recipe) and `make test` (the test suite).
+# Both create .venv, install mmssl with the pinned torch trio (constraints.txt) and the data the demo and tests use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install data demo test test-all lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $@
+
+data:
+	bash scripts/install-data.sh
+
+demo: install data
+	$(VENV)/bin/mmssl train recipes/quickstart.yaml --output runs/quickstart $(ARGS)
+
+test: install data
+	$(PY) -m pytest -q
+
+test-all: install data
+	$(PY) -m pytest -q --runslow
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs .pytest_cache
