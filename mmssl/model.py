@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -69,3 +70,14 @@ class TrainModule(nn.Module):
         assert total is not None
         terms["loss"] = total
         return terms
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Let objectives with state outside the optimizer (e.g. an EMA teacher) update after each step.
+
+        An objective opts in by defining ``after_optimizer_step(model, step, total_steps)``.
+        """
+        for objective in self.objectives.values():
+            hook = getattr(objective, "after_optimizer_step", None)
+            if hook is not None:
+                hook(self.model, step, total_steps)

@@ -145,6 +145,7 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            accelerator.unwrap_model(module).after_optimizer_step(step, spec.steps)
             bar.update(1)
             if step % spec.log_every == 0 or step == spec.steps:
                 now = time.perf_counter()
