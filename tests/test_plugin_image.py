@@ -7,15 +7,15 @@ import io
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import mmssl_image
 import numpy as np
 import pytest
 import torch
-from mmssl_image import ImageOptions, ImageProcessor, build_encoder, build_processor, load_processor
 from PIL import Image
 from pydantic import ValidationError
 
+import mmssl_image
 from mmssl.modality import Capabilities, MaskedInput, ModalityBatch, Processor
+from mmssl_image import ImageOptions, ImageProcessor, build_encoder, build_processor, load_processor
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 

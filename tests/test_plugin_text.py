@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from mmssl.modality import ModalityBatch, Processor
 from mmssl_text import (
     TextOptions,
     TextProcessor,
@@ -19,10 +23,6 @@ from mmssl_text import (
     load_processor,
     plugin,
 )
-from pydantic import ValidationError
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-
-from mmssl.modality import ModalityBatch, Processor
 
 CAPTIONS = [
     "A plain white T-shirt with short sleeves and a round neck.",
