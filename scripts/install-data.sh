@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Installs the real data the quickstart recipe and the tests read (see docs/data.md):
-# Fashion-MNIST from Debian's dataset-fashion-mnist package. Without apt, the recipe can download the
+# Installs the real data the recipes and the tests read (see docs/data.md): Fashion-MNIST
+# (dataset-fashion-mnist) and the Asterisk English prompts with their transcripts from Debian's packages. Without apt, the recipe can download the
 # standard copy instead: `make demo ARGS="data.train.download=true data.test.download=true"`.
 set -euo pipefail
-if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+PACKAGES="dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en"
+if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+  && [ -f /usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz ] \
+  && [ -d /usr/share/asterisk/sounds/en ]; then
   exit 0
 fi
 if command -v apt-get >/dev/null 2>&1; then
   SUDO=""
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -q >/dev/null || true
-  $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null
-  echo "installed dataset-fashion-mnist"
+  # shellcheck disable=SC2086
+  $SUDO apt-get install -y -q $PACKAGES >/dev/null
+  echo "installed $PACKAGES"
 else
   echo "apt-get not found: Fashion-MNIST is not installed. Run the demo with" >&2
   echo '  make demo ARGS="data.train.download=true data.test.download=true"' >&2
