@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real data the recipes and the tests read (see docs/data.md): Fashion-MNIST
-# (dataset-fashion-mnist) and the Asterisk English prompts with their transcripts from Debian's packages. Without apt, the recipe can download the
-# standard copy instead: `make demo ARGS="data.train.download=true data.test.download=true"`.
+# (dataset-fashion-mnist) and the Asterisk English prompts with their transcripts, from Debian's packages.
+# Without apt, the quickstart can download Fashion-MNIST instead:
+#   make demo ARGS="data.train.download=true data.test.download=true"
 set -euo pipefail
 PACKAGES="dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en"
 if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
