@@ -22,7 +22,7 @@ from mmssl.modality import ModalityBatch, ModalityPlugin, Processor, check_is_mo
 from mmssl.model import JointEmbeddingModel, TrainModule
 from mmssl.objectives import OBJECTIVES
 from mmssl.objectives.base import BuildInfo, ObjectiveOptions, ObjectiveType, objective_requirements_error
-from mmssl.plugins import MODALITIES, PluginError, load_entry_points, load_plugin_file
+from mmssl.plugins import PluginError, get_modality, load_entry_points, load_plugin_file
 from mmssl.recipe import Recipe, RecipeError, pydantic_errors
 from mmssl.registry import RegistryError
 
@@ -81,8 +81,8 @@ def validate_plugin_sections(recipe: Recipe, source: str = "<recipe>") -> Plan:
     for name, spec in recipe.modalities.items():
         path = f"modalities.{name}"
         try:
-            plugin = MODALITIES.get(recipe.plugin_of(name))
-        except RegistryError as err:
+            plugin = get_modality(recipe.plugin_of(name))
+        except (RegistryError, PluginError) as err:
             errors.append((f"{path}.plugin", str(err)))
             continue
         plan.plugins[name] = plugin

@@ -123,10 +123,12 @@ def embed(
 @app.command()
 def modalities() -> None:
     """List registered modality plugins and their capabilities."""
-    from mmssl.plugins import all_modalities
+    from mmssl.plugins import FAILED, all_modalities
 
     for plugin in all_modalities():
         typer.echo(f"{plugin.name:12s} {plugin.capabilities.describe():45s} {plugin.description}")
+    for name, reason in FAILED.items():
+        typer.secho(f"{name:12s} (failed) {reason}", fg=typer.colors.YELLOW)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from mmssl.registry import Registry
 
 ENTRY_POINT_GROUP = "mmssl.modalities"
 MODALITIES: Registry[ModalityPlugin] = Registry("modality")
+FAILED: dict[str, str] = {}
+"""Entry points that failed to load: name -> reason. They are reported, not fatal, unless asked for."""
 _loaded_entry_points = False
 
 
@@ -34,19 +37,22 @@ def _register(obj: object, origin: str) -> list[str]:
 
 
 def load_entry_points() -> None:
-    """Register every plugin in the ``mmssl.modalities`` entry-point group (once per process)."""
+    """Register every plugin in the ``mmssl.modalities`` entry-point group (once per process).
+
+    A plugin that fails to import is recorded in ``FAILED`` with a warning, so one broken third-party plugin
+    does not stop the others; asking for it by name raises with the reason.
+    """
     global _loaded_entry_points
     if _loaded_entry_points:
         return
     _loaded_entry_points = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        origin = f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP})"
         try:
-            obj = ep.load()
-        except Exception as err:  # a broken third-party plugin must say which one it is
-            raise PluginError(
-                f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}) failed to load: {err}"
-            ) from err
-        _register(obj, f"entry point {ep.name} = {ep.value}")
+            _register(ep.load(), origin)
+        except Exception as err:
+            FAILED[ep.name] = f"{origin} failed to load: {type(err).__name__}: {err}"
+            warnings.warn(FAILED[ep.name], RuntimeWarning, stacklevel=2)
 
 
 def load_plugin_file(path: str | Path, base: Path | None = None) -> list[str]:
@@ -86,6 +92,8 @@ def load_plugin_file(path: str | Path, base: Path | None = None) -> list[str]:
 
 def get_modality(name: str) -> ModalityPlugin:
     load_entry_points()
+    if name not in MODALITIES and name in FAILED:
+        raise PluginError(FAILED[name])
     return MODALITIES.get(name)
 
 
