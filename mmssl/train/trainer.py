@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,15 @@ def prepare_output(output: Path, resume: bool, is_main: bool) -> None:
         output.mkdir(parents=True, exist_ok=True)
 
 
+def _cpu_processes() -> bool:
+    """True under a multi-process launcher (torchrun) on a machine without an accelerator.
+
+    Accelerate sets up a gloo process group on CPUs only when asked for the CPU; without it every process would
+    train alone, as rank 0, and all of them would write the same run folder.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+
+
 def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None = None) -> TrainResult:
     """Train the recipe of ``plan`` into ``output``.
 
@@ -67,6 +77,7 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
     """
     recipe, spec = plan.recipe, plan.recipe.train
     accelerator = Accelerator(
+        cpu=_cpu_processes(),
         mixed_precision=spec.precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=spec.find_unused_parameters)],
     )
