@@ -28,22 +28,30 @@ class MaskedDecoder(nn.Module):
         depth: Decoder blocks (0: a linear head on the encoder's tokens, as in BERT's MLM).
         heads: Decoder attention heads.
         out_dim: Prediction size per token (P values, or the number of classes).
+        drops_tokens: The plugin's masks drop tokens (``keep``), so hidden positions get a learned mask token;
+            False when it replaces them in place (MLM), where a mask token would be a parameter without gradient
+            that DDP rejects.
     """
 
-    def __init__(self, in_width: int, width: int, depth: int, heads: int, out_dim: int) -> None:
+    def __init__(
+        self, in_width: int, width: int, depth: int, heads: int, out_dim: int, drops_tokens: bool = True
+    ) -> None:
         super().__init__()
         self.depth = depth
         self.embed = nn.Linear(in_width, width)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width)) if drops_tokens else None
         self.blocks = Transformer(width, depth, heads) if depth else nn.LayerNorm(width)
         self.head = nn.Linear(width, out_dim)
         self.apply(_init_weights)
-        nn.init.normal_(self.mask_token, std=0.02)
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, tokens: Tensor, keep: Tensor | None, num_tokens: int, padding_mask: Tensor | None) -> Tensor:
         """Shapes: tokens [B, K, D] (K = N if nothing was dropped), keep [B, K], padding_mask [B, N] -> [B, N, out]."""
         x = self.embed(tokens)
         if keep is not None:
+            if self.mask_token is None:
+                raise ValueError("this decoder was built for masks that keep every token, but got `keep` indices")
             full = self.mask_token.to(x.dtype).expand(x.shape[0], num_tokens, -1).clone()
             x = full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
         if self.depth:
@@ -102,7 +110,12 @@ def build_masked(options: MaskedOptions, info: BuildInfo) -> nn.Module:
     if probe.kind != options.target_kind:
         raise ValueError(f"objective {options.name!r} expects {options.target_kind} targets, plugin gave {probe.kind}")
     decoder = MaskedDecoder(
-        info.widths[options.modality], options.decoder_width, options.decoder_depth, options.decoder_heads, out_dim
+        info.widths[options.modality],
+        options.decoder_width,
+        options.decoder_depth,
+        options.decoder_heads,
+        out_dim,
+        drops_tokens=probe.batch.keep is not None,
     )
     return MaskedPrediction(options, decoder)
 
