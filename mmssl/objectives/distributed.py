@@ -64,3 +64,35 @@ def gather_with_grad(x: Tensor) -> Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+def gather_rows(x: Tensor) -> tuple[Tensor, int, float]:
+    """Gather rows of possibly different counts from all processes, keeping autograd.
+
+    Partially paired data (a row may lack a modality) gives every process its own number of
+    pairs, so rows are padded to the largest count, gathered with :func:`gather_with_grad`
+    and the padding is cut away again.
+
+    Returns:
+        ``(rows, offset, weight)``: all rows in rank order ``[N, ...]``; the index of this
+        process's first row in them; and ``weight = n * world / N``, the factor that turns a
+        mean over the local ``n`` rows into this process's share of the global mean, so that
+        averaging over processes (what DDP does) gives the full-batch mean even when the
+        counts differ (``weight`` is 1 when they are equal).
+
+    Shapes:
+        x: ``[n, ...]``, ``n`` may differ between processes (and may be 0).
+    """
+    ws = world_size()
+    if ws == 1:
+        return x, 0, 1.0
+    count = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    counts = [torch.zeros_like(count) for _ in range(ws)]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]
+    total = sum(sizes)
+    pad = max(sizes) - x.shape[0]
+    padded = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
+    parts = gather_with_grad(padded).split(max(sizes))
+    rows = torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+    return rows, sum(sizes[: rank()]), x.shape[0] * ws / max(total, 1)

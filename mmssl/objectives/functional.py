@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmssl.objectives.distributed import gather_with_grad, rank
+from mmssl.objectives.distributed import gather_rows
 
 __all__ = [
     "clip_loss",
@@ -34,18 +34,23 @@ CLIP_MAX_LOGIT_SCALE = 100.0
 
 def _check_pair(a: Tensor, b: Tensor, names: str) -> None:
     if a.dim() != 2 or a.shape != b.shape:
-        raise ValueError(
-            f"{names} must both be [n, d] with equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
+        raise ValueError(f"{names} must both be [n, d] with equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[0] == 0:
         raise ValueError(f"{names} must have at least one row")
 
 
-def _gather_pair(a: Tensor, b: Tensor, gather: bool) -> tuple[Tensor, Tensor, int]:
-    """Return (all_a, all_b, offset of this process's rows in the gathered tensors)."""
+def _gather_pair(a: Tensor, b: Tensor, gather: bool) -> tuple[Tensor, Tensor, int, float]:
+    """Return (all_a, all_b, offset of this process's rows, weight of the local mean); see ``gather_rows``."""
     if not gather:
-        return a, b, 0
-    return gather_with_grad(a), gather_with_grad(b), rank() * a.shape[0]
+        return a, b, 0, 1.0
+    a_all, offset, weight = gather_rows(a)
+    b_all, _, _ = gather_rows(b)
+    return a_all, b_all, offset, weight
+
+
+def _mean(values: Tensor, weight: float) -> Tensor:
+    """``weight`` times the mean of ``values`` (0 for an empty tensor, e.g. a process without pairs)."""
+    return values.sum() * (weight / max(values.numel(), 1))
 
 
 def info_nce(z_a: Tensor, z_b: Tensor, temperature: float, gather: bool = False) -> dict[str, Tensor]:
@@ -77,7 +82,7 @@ def info_nce(z_a: Tensor, z_b: Tensor, temperature: float, gather: bool = False)
     n = z_a.shape[0]
     a = F.normalize(z_a, dim=-1)
     b = F.normalize(z_b, dim=-1)
-    a_all, b_all, offset = _gather_pair(a, b, gather)
+    a_all, b_all, offset, weight = _gather_pair(a, b, gather)
     big_n = a_all.shape[0]
 
     anchors = torch.cat([a, b])  # [2n, d]
@@ -90,9 +95,9 @@ def info_nce(z_a: Tensor, z_b: Tensor, temperature: float, gather: bool = False)
     cols = torch.arange(2 * big_n, device=logits.device)
     logits = logits.masked_fill(cols[None, :] == self_idx[:, None], float("-inf"))
 
-    loss = F.cross_entropy(logits, pos_idx)
+    loss = _mean(F.cross_entropy(logits, pos_idx, reduction="none"), weight)
     with torch.no_grad():
-        acc = (logits.argmax(dim=1) == pos_idx).float().mean()
+        acc = _mean((logits.argmax(dim=1) == pos_idx).float(), 1.0)
     return {"loss": loss, "acc": acc}
 
 
@@ -120,7 +125,7 @@ def clip_loss(x: Tensor, y: Tensor, logit_scale: Tensor, gather: bool = False) -
     _check_pair(x, y, "x, y")
     n = x.shape[0]
     scale = logit_scale.exp().clamp(max=CLIP_MAX_LOGIT_SCALE)
-    x_all, y_all, offset = _gather_pair(x, y, gather)
+    x_all, y_all, offset, weight = _gather_pair(x, y, gather)
     logits_x2y = scale * (x @ y_all.T)  # [n, N]
     if x_all is x:  # single process: one matmul serves both directions
         logits_y2x = logits_x2y.T
@@ -128,12 +133,12 @@ def clip_loss(x: Tensor, y: Tensor, logit_scale: Tensor, gather: bool = False) -
         logits_y2x = scale * (y @ x_all.T)
     labels = torch.arange(n, device=x.device) + offset
 
-    loss_x2y = F.cross_entropy(logits_x2y, labels)
-    loss_y2x = F.cross_entropy(logits_y2x, labels)
+    loss_x2y = _mean(F.cross_entropy(logits_x2y, labels, reduction="none"), weight)
+    loss_y2x = _mean(F.cross_entropy(logits_y2x, labels, reduction="none"), weight)
     loss = 0.5 * (loss_x2y + loss_y2x)
     with torch.no_grad():
         acc = 0.5 * (
-            (logits_x2y.argmax(1) == labels).float().mean() + (logits_y2x.argmax(1) == labels).float().mean()
+            _mean((logits_x2y.argmax(1) == labels).float(), 1.0) + _mean((logits_y2x.argmax(1) == labels).float(), 1.0)
         )
     return {
         "loss": loss,
@@ -172,21 +177,18 @@ def siglip_loss(
     """
     _check_pair(x, y, "x, y")
     n = x.shape[0]
-    if gather:
-        y_all, offset = gather_with_grad(y), rank() * n
-    else:
-        y_all, offset = y, 0
+    y_all, offset, weight = gather_rows(y) if gather else (y, 0, 1.0)
     logits = logit_scale.exp() * (x @ y_all.T) + logit_bias  # [n, N]
     labels = torch.arange(n, device=x.device) + offset
     cols = torch.arange(y_all.shape[0], device=x.device)
     positive = cols[None, :] == labels[:, None]  # [n, N]
     signs = positive.to(logits.dtype) * 2 - 1
 
-    loss = -F.logsigmoid(signs * logits).sum() / n
+    loss = -F.logsigmoid(signs * logits).sum() * (weight / max(n, 1))
     with torch.no_grad():
         probs = logits.sigmoid()
-        acc = (logits.argmax(1) == labels).float().mean()
-        pos_prob = probs[positive].mean()
+        acc = _mean((logits.argmax(1) == labels).float(), 1.0)
+        pos_prob = _mean(probs[positive], 1.0)
         n_neg = positive.numel() - n
         neg_prob = probs.masked_fill(positive, 0).sum() / max(n_neg, 1)
     return {"loss": loss, "acc": acc, "pos_prob": pos_prob, "neg_prob": neg_prob}

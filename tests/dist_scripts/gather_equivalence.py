@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mmssl.objectives import distributed as dist_mod
 from mmssl.objectives import functional as fn
 from mmssl.objectives.distributed import gather_with_grad, rank, world_size
 
@@ -60,12 +61,16 @@ def grads(model: Towers) -> dict[str, torch.Tensor]:
 
 
 def ddp_step(
-    model: Towers, name: str, xa: torch.Tensor, xb: torch.Tensor
+    model: Towers, name: str, xa: torch.Tensor, xb: torch.Tensor, split: list[int] | None = None
 ) -> tuple[float, dict[str, torch.Tensor]]:
-    """Local loss with gather=True, then mean all-reduce of loss and gradients (as DDP)."""
+    """Local loss with gather=True, then mean all-reduce of loss and gradients (as DDP).
+
+    ``split`` gives each rank's row count (unequal counts: partially paired data); default equal.
+    """
     model.zero_grad(set_to_none=True)
-    n = N_ROWS // world_size()
-    rows = slice(rank() * n, (rank() + 1) * n)
+    split = split or [N_ROWS // world_size()] * world_size()
+    start = sum(split[: rank()])
+    rows = slice(start, start + split[rank()])
     loss = compute_loss(model, name, xa[rows], xb[rows], gather=True)
     loss.backward()
     g = grads(model)
@@ -134,9 +139,20 @@ def main() -> int:
             if not (entry["loss_diff"] < TOL and entry["grad_diff"] < TOL):
                 failures.append(name)
 
+    # Unequal row counts per process (partially paired rows): still the full-batch loss and gradient.
+    uneven = [3, N_ROWS - 3] if world_size() == 2 else None
+    for name in ("info_nce", "clip_loss", "siglip_loss"):
+        dist_loss, dist_grads = ddp_step(model, name, xa, xb, uneven)
+        if rank() == 0:
+            ref_loss, ref_grads = reference(model, name, xa, xb)
+            entry = {"loss_diff": abs(dist_loss - ref_loss), "grad_diff": max_grad_diff(dist_grads, ref_grads)}
+            report[f"uneven_{name}"] = entry
+            if not (entry["loss_diff"] < TOL and entry["grad_diff"] < TOL):
+                failures.append(f"uneven_{name}")
+
     # Negative control: a gradient-free gather gives the same loss but a wrong gradient.
-    original = fn.gather_with_grad
-    fn.gather_with_grad = gather_without_grad
+    original = dist_mod.gather_with_grad
+    dist_mod.gather_with_grad = gather_without_grad
     try:
         for name in ("info_nce", "clip_loss"):
             dist_loss, dist_grads = ddp_step(model, name, xa, xb)
@@ -150,7 +166,7 @@ def main() -> int:
                 if not (entry["loss_diff"] < TOL and entry["grad_diff"] > CONTROL_MIN_DIFF):
                     failures.append(f"nograd_control_{name}")
     finally:
-        fn.gather_with_grad = original
+        dist_mod.gather_with_grad = original
 
     if rank() == 0:
         report["failures"] = failures
