@@ -1,0 +1,69 @@
+"""UCR/UEA time-series classification archives as a data source (``source: ucr_uea``).
+
+Loads through ``sktime.datasets.load_UCR_UEA_dataset``. sktime ships a few archives (GunPoint, BasicMotions,
+OSULeaf, ACSF1, ...), which load offline; any other name is downloaded by sktime into its own data folder,
+which needs the network. Shapes of the bundled ones (rows, channels x length):
+
+============  =====  =====  ============
+name          train  test   series
+============  =====  =====  ============
+GunPoint      50     150    1 x 150
+BasicMotions  40     40     6 x 100
+OSULeaf       200    242    1 x 427
+ACSF1         100    100    1 x 1460
+============  =====  =====  ============
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from mmssl.data.sources import Source, SourceOptions, register_source
+
+
+class UCRUEAOptions(SourceOptions):
+    name: str = Field(description="Archive name as sktime spells it, e.g. GunPoint, BasicMotions, OSULeaf, ACSF1.")
+    split: Literal["train", "test"] = Field("train", description="Official split.")
+
+
+def load_arrays(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both splits' labels are read so train and test share one class mapping.
+
+    Returns:
+        (X float array [rows, C, L] (NaN-padded for unequal lengths), y string labels [rows]) of ``split``,
+        and the sorted class names of both splits.
+    """
+    try:
+        from sktime.datasets import load_UCR_UEA_dataset
+    except ImportError as err:
+        raise ImportError("the ucr_uea source needs sktime: pip install 'mmssl[timeseries]'") from err
+    try:
+        x, y = load_UCR_UEA_dataset(name, split=split, return_X_y=True, return_type="numpy3D")
+    except Exception as err:
+        raise ValueError(
+            f"ucr_uea: cannot load {name!r} ({split}) with sktime: {type(err).__name__}: {err}; bundled names "
+            "load offline (GunPoint, BasicMotions, OSULeaf, ACSF1, ...), others need a download"
+        ) from err
+    return np.asarray(x, dtype=np.float32), np.asarray(y).astype(str)
+
+
+def class_names_of(name: str) -> list[str]:
+    """Sorted unique string labels over the train and test splits (one mapping for both)."""
+    labels = set()
+    for split in ("train", "test"):
+        labels.update(load_arrays(name, split)[1].tolist())
+    return sorted(labels)
+
+
+@register_source("ucr_uea", UCRUEAOptions)
+def load_ucr_uea(options: UCRUEAOptions, base: object = None) -> Source:
+    """Rows ``{"series": float32 [C, L], "label": int}``; class names are the sorted unique string labels."""
+    x, y = load_arrays(options.name, options.split)
+    class_names = class_names_of(options.name)
+    lookup = {label: i for i, label in enumerate(class_names)}
+    n = min(len(y), options.limit or len(y))
+    rows = [{"series": x[i], "label": lookup[y[i]]} for i in range(n)]
+    return Source(rows, class_names, origin=f"ucr_uea:{options.name}/{options.split}", columns=["series", "label"])
