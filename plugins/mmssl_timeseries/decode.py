@@ -18,8 +18,9 @@ def decode_series(raw: Any, channels: int = 1) -> np.ndarray:
     """Decode one raw series.
 
     Arrays are channel-first, [C, L]; a 1-D array is a univariate series [L]. Tables (.csv, .parquet,
-    DataFrames) hold one channel per column and one time step per row. A CSV may have a header row (it is
-    recognised by a cell that is not a number). Unequal-length series stored in a fixed-size array are padded
+    DataFrames) hold one channel per column and one time step per row. A CSV may have a header row: it is
+    recognised by a cell that is not a number, so a header of numbers only (pandas' default 0, 1, ...) is read
+    as data; write such files without a header. Unequal-length series stored in a fixed-size array are padded
     with NaN at the end: the time steps at the end where every channel is NaN are trimmed. Any other NaN or
     infinite value is an error.
 
@@ -88,6 +89,10 @@ def _read_path(path: Path, channels: int) -> np.ndarray:
     if suffix == ".parquet":
         try:
             table = pd.read_parquet(path)
+        except ImportError as err:
+            raise ImportError(
+                f"reading time-series file {path} needs a Parquet engine for pandas: pip install pyarrow"
+            ) from err
         except Exception as err:  # pyarrow raises its own error types
             raise ValueError(f"time-series file {path} is not a readable Parquet file: {err}") from err
         return _table_to_array(table, f"time-series file {path}")

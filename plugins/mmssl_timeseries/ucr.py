@@ -16,6 +16,7 @@ ACSF1         100    100    1 x 1460
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -30,11 +31,10 @@ class UCRUEAOptions(SourceOptions):
 
 
 def load_arrays(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Both splits' labels are read so train and test share one class mapping.
+    """One split as sktime gives it.
 
     Returns:
-        (X float array [rows, C, L] (NaN-padded for unequal lengths), y string labels [rows]) of ``split``,
-        and the sorted class names of both splits.
+        X float32 [rows, C, L] (NaN-padded at the end for unequal lengths), y string labels [rows].
     """
     try:
         from sktime.datasets import load_UCR_UEA_dataset
@@ -50,19 +50,20 @@ def load_arrays(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(x, dtype=np.float32), np.asarray(y).astype(str)
 
 
-def class_names_of(name: str) -> list[str]:
+@lru_cache(maxsize=32)
+def class_names_of(name: str) -> tuple[str, ...]:
     """Sorted unique string labels over the train and test splits (one mapping for both)."""
     labels = set()
     for split in ("train", "test"):
         labels.update(load_arrays(name, split)[1].tolist())
-    return sorted(labels)
+    return tuple(sorted(labels))
 
 
 @register_source("ucr_uea", UCRUEAOptions)
 def load_ucr_uea(options: UCRUEAOptions, base: object = None) -> Source:
     """Rows ``{"series": float32 [C, L], "label": int}``; class names are the sorted unique string labels."""
     x, y = load_arrays(options.name, options.split)
-    class_names = class_names_of(options.name)
+    class_names = list(class_names_of(options.name))
     lookup = {label: i for i, label in enumerate(class_names)}
     n = min(len(y), options.limit or len(y))
     rows = [{"series": x[i], "label": lookup[y[i]]} for i in range(n)]
