@@ -1,3 +1,3 @@
 """Evaluations: registered on import of their modules."""
 
-from mmssl.eval import knn, zero_shot  # noqa: F401  (registers evaluators)
+from mmssl.eval import knn, linear_probe, retrieval, zero_shot  # noqa: F401  (registers evaluators)

@@ -1,0 +1,166 @@
+"""Cross-modal retrieval: recall@k in both directions between two paired modalities of one split.
+
+Every row that has both modalities is a query (embedded from one modality) and a gallery item (embedded from
+the other), in the shared projected space, ranked by cosine similarity. A query is answered correctly at k
+when one of its k nearest gallery items is *relevant* to it: its own paired row, and (``match_equal``) every
+row whose raw value of either modality is the same string as the query row's. Two recordings of the same
+sentence, or repeated prompts such as the digits, then count as each other's matches: retrieving the other
+"one" for a recording of "one" is not an error, since nothing in the data tells them apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor
+
+from mmssl.data.dataset import is_missing
+from mmssl.data.sources import Source
+from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
+from mmssl.eval.embed import embed_values
+
+
+def recall_at_k(similarity: Tensor, relevant: Tensor, ks: list[int]) -> dict[int, float]:
+    """Share of queries with a relevant gallery item among their ``k`` most similar ones.
+
+    Ties in similarity are broken by ``torch.topk``.
+
+    Shapes:
+        similarity [Q, G] float, relevant [Q, G] bool -> {k: recall}
+    """
+    if similarity.shape != relevant.shape:
+        raise ValueError(f"similarity {tuple(similarity.shape)} and relevant {tuple(relevant.shape)} differ")
+    q, g = similarity.shape
+    if q == 0 or g == 0:
+        raise ValueError("recall@k needs at least one query and one gallery item")
+    top = similarity.float().topk(min(max(ks), g), dim=1).indices  # [Q, max k]
+    hits = torch.gather(relevant, 1, top)  # [Q, max k]
+    return {k: float(hits[:, : min(k, g)].any(dim=1).float().mean()) for k in ks}
+
+
+def chance_recall_at_k(relevant: Tensor, ks: list[int]) -> dict[int, float]:
+    """Expected recall@k of a random ranking: mean over queries of ``1 - C(G - m, k) / C(G, k)``, m the number
+    of relevant items of the query (``k / G`` when every query has exactly one).
+
+    Shapes:
+        relevant [Q, G] bool -> {k: expected recall}
+    """
+    g = relevant.shape[1]
+    m = relevant.sum(dim=1).double()
+    out = {}
+    for k in ks:
+        miss = torch.ones_like(m)
+        for i in range(min(k, g)):
+            miss = miss * ((g - m - i) / (g - i)).clamp_min(0.0)
+        out[k] = float((1.0 - miss).mean())
+    return out
+
+
+def _string_key(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def relevance(values_a: list[Any], values_b: list[Any], match_equal: bool = True) -> Tensor:
+    """Which rows answer which: the diagonal, plus (``match_equal``) rows with an equal string value in either
+    modality.
+
+    Shapes:
+        -> [N, N] bool, symmetric
+    """
+    n = len(values_a)
+    relevant = torch.eye(n, dtype=torch.bool)
+    if match_equal:
+        for values in (values_a, values_b):
+            keys = [_string_key(v) for v in values]
+            groups: dict[str, list[int]] = {}
+            for i, key in enumerate(keys):
+                if key is not None:
+                    groups.setdefault(key, []).append(i)
+            for rows in groups.values():
+                if len(rows) > 1:
+                    index = torch.tensor(rows)
+                    relevant[index[:, None], index[None, :]] = True
+    return relevant
+
+
+def paired_values(source: Source, column_a: str, column_b: str) -> tuple[list[Any], list[Any]]:
+    """Raw values of the rows that have both columns."""
+    values_a, values_b = [], []
+    for row in source.rows:
+        a, b = row.get(column_a), row.get(column_b)
+        if is_missing(a) or is_missing(b):
+            continue
+        values_a.append(a)
+        values_b.append(b)
+    if not values_a:
+        raise ValueError(f"{source.origin}: no rows with both columns {column_a!r} and {column_b!r}")
+    return values_a, values_b
+
+
+class RetrievalOptions(EvalOptions):
+    modalities: tuple[str, str] = Field(description="The two paired modalities [a, b]; both directions are scored.")
+    query: str = Field("test", description="Split whose rows with both modalities are the queries and the gallery.")
+    ks: list[int] = Field(default_factory=lambda: [1, 5], min_length=1, description="The k of recall@k.")
+    match_equal: bool = Field(
+        True,
+        description="Also count as correct a retrieved row whose raw value of either modality is the same string "
+        "as the query row's (e.g. an identical transcript); false: only the paired row.",
+    )
+    baselines: list[Literal["random_init"]] = Field(
+        default_factory=lambda: ["random_init"],
+        description="Also score a random-init model of the same architecture.",
+    )
+
+    @field_validator("modalities")
+    @classmethod
+    def distinct(cls, value: tuple[str, str]) -> tuple[str, str]:
+        if value[0] == value[1]:
+            raise ValueError("the two modalities must differ")
+        return value
+
+    @field_validator("ks")
+    @classmethod
+    def positive(cls, value: list[int]) -> list[int]:
+        if any(k < 1 for k in value):
+            raise ValueError(f"every k must be at least 1, got {value}")
+        return sorted(set(value))
+
+
+def retrieval_scores(model: Any, options: RetrievalOptions, ctx: EvalContext, values: tuple[list, list], relevant):
+    """``{"a2b": {k: recall}, "b2a": {k: recall}}`` for one model."""
+    a, b = options.modalities
+    emb = []
+    for modality, vals in zip((a, b), values, strict=True):
+        out = embed_values(model, modality, ctx.processors[modality], vals, "projected", options.batch_size, ctx.device)
+        emb.append(F.normalize(out, dim=-1))
+    similarity = emb[0] @ emb[1].T  # [N a-queries, N b-items]
+    return {
+        f"{a}2{b}": recall_at_k(similarity, relevant, options.ks),
+        f"{b}2{a}": recall_at_k(similarity.T, relevant.T, options.ks),
+    }
+
+
+@register_evaluator("retrieval", RetrievalOptions, splits=lambda o: [o.query], modalities=lambda o: list(o.modalities))
+def run_retrieval(options: RetrievalOptions, ctx: EvalContext) -> dict[str, float]:
+    """Writes ``retrieval_<a>2<b>_r@<k>`` and ``retrieval_<b>2<a>_r@<k>`` for every k, the same with
+    ``_random_init`` appended, ``retrieval_chance_r@<k>`` (a random ranking; k / N without duplicates) and
+    ``retrieval_queries`` (N)."""
+    prefix = options.prefix or "retrieval"
+    a, b = options.modalities
+    values = paired_values(ctx.source(options.query), ctx.columns[a], ctx.columns[b])
+    relevant = relevance(*values, match_equal=options.match_equal)
+    results: dict[str, float] = {}
+    models = [("", ctx.model)]
+    if "random_init" in options.baselines:
+        models.append(("_random_init", ctx.random_model))
+    for suffix, model in models:
+        for direction, recalls in retrieval_scores(model, options, ctx, values, relevant).items():
+            for k, value in recalls.items():
+                results[f"{prefix}_{direction}_r@{k}{suffix}"] = value
+    for k, value in chance_recall_at_k(relevant, options.ks).items():
+        results[f"{prefix}_chance_r@{k}"] = value
+    results[f"{prefix}_queries"] = float(len(values[0]))
+    return results
