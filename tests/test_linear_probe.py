@@ -1,0 +1,138 @@
+"""Tests of the linear-probe evaluator (``mmssl/eval/linear_probe.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import Tensor, nn
+
+from mmssl.data.sources import Source
+from mmssl.eval.base import EVALUATORS, EvalContext
+from mmssl.eval.linear_probe import linear_probe_accuracy, raw_matrix
+from mmssl.modality import EncoderOutput, ModalityBatch
+from mmssl.model import JointEmbeddingModel
+
+
+def blobs(n: int, dim: int, classes: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian blobs around class centres 4 apart on the axes, with noise std ``spread``."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    centres = np.zeros((classes, dim))
+    centres[np.arange(classes), np.arange(classes) % dim] = 4.0
+    return centres[labels] + spread * rng.standard_normal((n, dim)), labels
+
+
+def test_separable_data_gives_accuracy_one() -> None:
+    train_x, train_y = blobs(60, 5, 3, 0.3, seed=0)
+    test_x, test_y = blobs(30, 5, 3, 0.3, seed=1)
+    assert linear_probe_accuracy(train_x, train_y, test_x, test_y) == 1.0
+    assert linear_probe_accuracy(torch.from_numpy(train_x).float(), train_y, torch.from_numpy(test_x), test_y) == 1.0
+
+
+@pytest.mark.parametrize("C", [0.05, 1.0])
+def test_non_separable_data_matches_sklearn(C: float) -> None:
+    train_x, train_y = blobs(200, 6, 4, 3.0, seed=2)
+    test_x, test_y = blobs(150, 6, 4, 3.0, seed=3)
+    train_x[:, 0] *= 100.0  # scales differ: the probe standardises
+    test_x[:, 0] *= 100.0
+    ours = linear_probe_accuracy(train_x, train_y, test_x, test_y, C=C)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000)).fit(train_x, train_y)
+    assert ours == pytest.approx(reference.score(test_x, test_y), abs=1e-12)
+    assert 0.3 < ours < 0.95
+
+
+def test_single_class_train_split_predicts_it() -> None:
+    assert (
+        linear_probe_accuracy(np.zeros((3, 2)), np.array([1, 1, 1]), np.zeros((4, 2)), np.array([1, 0, 1, 1])) == 0.75
+    )
+
+
+# ------------------------------------------------------------------------------------------ the evaluator
+
+
+class VectorProcessor:
+    """Rows are 1-D float vectors of varying length; batches are ``{"values": [B, 1, L]}`` padded with zeros."""
+
+    def decode(self, raw: Any) -> Tensor:
+        return torch.as_tensor(raw, dtype=torch.float32)
+
+    def prepare(self, sample: Tensor) -> Tensor:
+        return sample
+
+    def collate(self, samples: list[Tensor]) -> ModalityBatch:
+        length = max(len(s) for s in samples)
+        values = torch.zeros(len(samples), 1, length)
+        for i, s in enumerate(samples):
+            values[i, 0, : len(s)] = s
+        return ModalityBatch({"values": values})
+
+
+class FirstTwo(nn.Module):
+    """Embeds a row as its first two values (a fixed, 'trained' feature extractor)."""
+
+    width = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, batch: ModalityBatch) -> EncoderOutput:
+        pooled = batch.data["values"][:, 0, :2] * self.scale
+        return EncoderOutput(tokens=pooled[:, None], pooled=pooled)
+
+
+def test_evaluator_writes_trained_random_init_and_raw_scores() -> None:
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> Source:
+        labels = np.arange(n) % 2
+        rows = []
+        for i, label in enumerate(labels):
+            vector = rng.standard_normal(3 + i % 4)  # lengths 3..6: raw features need padding
+            vector[0] = 5.0 if label else -5.0  # the class lives in the first value only
+            rows.append({"x": vector.tolist(), "label": int(label)})
+        rows.append({"x": [1.0, 2.0, 3.0], "label": -1})  # unlabelled rows are skipped
+        return Source(rows, ["a", "b"], origin=f"synthetic {n}", columns=["x", "label"])
+
+    sources = {"train": split(40), "test": split(20)}
+    model = JointEmbeddingModel({"vec": FirstTwo()}, embed_dim=4)
+    random_model = JointEmbeddingModel({"vec": FirstTwo()}, embed_dim=4)
+    with torch.no_grad():
+        random_model.encoders["vec"].scale.zero_()  # a 'random init' that sees nothing
+    ctx = EvalContext(
+        model=model,
+        processors={"vec": VectorProcessor()},
+        columns={"vec": "x"},
+        load_split=lambda name: sources[name],
+        build_random_model=lambda: random_model,
+    )
+    kind = EVALUATORS.get("linear_probe")
+    options = kind.options.model_validate({"name": "linear_probe", "modality": "vec", "batch_size": 7})
+    assert kind.splits(options) == ["train", "test"] and kind.modalities(options) == ["vec"]
+    results = kind.run(options, ctx)
+    assert results == {
+        "linear_probe_top1": 1.0,
+        "linear_probe_top1_random_init": 0.5,
+        "linear_probe_top1_raw": 1.0,
+        "linear_probe_chance": 0.5,
+    }
+    only = kind.options.model_validate({"name": "linear_probe", "modality": "vec", "baselines": [], "prefix": "lp"})
+    assert set(kind.run(only, ctx)) == {"lp_top1", "lp_chance"}
+
+
+def test_raw_matrix_pads_every_batch_to_one_shape() -> None:
+    values = [[1.0], [2.0, 3.0, 4.0], [5.0, 6.0]]
+    raw = raw_matrix(VectorProcessor(), values, batch_size=2)
+    assert torch.equal(raw, torch.tensor([[1.0, 0.0, 0.0], [2.0, 3.0, 4.0], [5.0, 6.0, 0.0]]))
+
+    class Ids(VectorProcessor):
+        def collate(self, samples: list[Tensor]) -> ModalityBatch:
+            return ModalityBatch({"ids": torch.zeros(len(samples), 3, dtype=torch.long)})
+
+    assert raw_matrix(Ids(), values) is None  # token ids are no raw baseline
