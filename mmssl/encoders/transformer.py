@@ -118,7 +118,8 @@ class TransformerEncoder(nn.Module):
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
 
-    def forward(self, batch: ModalityBatch) -> EncoderOutput:
+    def _input_tokens(self, batch: ModalityBatch) -> tuple[Tensor, Tensor | None]:
+        """Embedded (kept) tokens with the class token prepended, and their padding mask."""
         tokens, padding = self.embedder(batch.data)
         if padding is None:
             padding = batch.padding_mask
@@ -130,6 +131,10 @@ class TransformerEncoder(nn.Module):
             tokens = torch.cat([cls, tokens], dim=1)
             if padding is not None:
                 padding = F.pad(padding, (1, 0), value=False)
+        return tokens, padding
+
+    def forward(self, batch: ModalityBatch) -> EncoderOutput:
+        tokens, padding = self._input_tokens(batch)
         x = self.transformer(tokens, padding)
         if self.cls_token is not None:
             pooled, x = x[:, 0], x[:, 1:]
@@ -137,6 +142,23 @@ class TransformerEncoder(nn.Module):
         else:
             pooled = masked_mean(x, padding)
         return EncoderOutput(tokens=x, pooled=pooled, padding_mask=padding)
+
+    def forward_layers(self, batch: ModalityBatch) -> list[Tensor]:
+        """The token output of every block (the residual stream, before the final norm), without the class token.
+
+        For targets built from intermediate layers (data2vec); ``forward`` is unchanged by it.
+
+        Shapes:
+            -> ``depth`` tensors [B, N', D] (N' the kept tokens, as ``EncoderOutput.tokens``).
+        """
+        x, padding = self._input_tokens(batch)
+        attn_mask = None if padding is None else (~padding)[:, None, None, :]
+        start = 1 if self.cls_token is not None else 0
+        outputs = []
+        for block in self.transformer.blocks:
+            x = block(x, attn_mask)
+            outputs.append(x[:, start:])
+        return outputs
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -1,0 +1,113 @@
+"""Latent masked prediction (data2vec 2.0 / JEPA style): predict an EMA teacher's features of hidden tokens.
+
+The student encodes a masked copy of the input (only the visible tokens when the plugin's mask drops tokens
+through ``keep``, e.g. images; the full sequence with hidden tokens replaced otherwise, e.g. text); a light
+:class:`~mmssl.objectives.masked.MaskedDecoder` predicts, at every hidden position, the teacher's target: the
+average of the teacher's last ``top_k`` block outputs, each instance-normalised, then layer-normalised
+(:func:`~mmssl.objectives.noncontrastive.data2vec_targets`). The teacher is an EMA copy of the encoder run once
+on the full clean input; as in data2vec 2.0 the student batch is repeated ``num_masks`` times with different
+masks, so one teacher pass serves several student passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from mmssl.data.dataset import CLEAN
+from mmssl.modality import MaskedInput, ModalityBatch
+from mmssl.objectives.base import BuildInfo, StepContext, register_objective
+from mmssl.objectives.distillation import TeacherOptions
+from mmssl.objectives.functional import masked_mse
+from mmssl.objectives.masked import MaskedDecoder
+from mmssl.objectives.noncontrastive import data2vec_targets
+from mmssl.objectives.teacher import EMATeacher
+
+
+def repeat_rows(x: Any, repeats: int) -> Any:
+    """Repeat every row ``repeats`` times in place (``repeat_interleave`` on dim 0) in a tensor or dict of them."""
+    if repeats == 1 or x is None:
+        return x
+    if isinstance(x, Tensor):
+        return x.repeat_interleave(repeats, dim=0)
+    if isinstance(x, dict):
+        return {k: repeat_rows(v, repeats) for k, v in x.items()}
+    raise TypeError(f"cannot repeat batch data of type {type(x).__name__}: use num_masks 1 for this modality")
+
+
+def repeat_batch(batch: ModalityBatch, repeats: int) -> ModalityBatch:
+    """Row i of the input becomes rows ``i * repeats .. (i + 1) * repeats - 1``. Shapes: [B, ...] -> [B * r, ...]."""
+    return ModalityBatch(
+        repeat_rows(batch.data, repeats), repeat_rows(batch.padding_mask, repeats), repeat_rows(batch.keep, repeats)
+    )
+
+
+def encoder_layers(encoder: nn.Module, batch: ModalityBatch) -> list[Tensor]:
+    """Per-block token outputs of an encoder (``forward_layers``), or its final tokens if it has none."""
+    layers = encoder.forward_layers(batch) if hasattr(encoder, "forward_layers") else []
+    return layers or [encoder(batch).tokens]
+
+
+class Data2VecOptions(TeacherOptions):
+    view: str = Field(CLEAN, description="Which view is masked (the teacher sees the same view, unmasked).")
+    mask_ratio: float = Field(0.6, gt=0, lt=1, description="Share of tokens hidden from the student.")
+    num_masks: int = Field(2, ge=1, description="Masked copies of each row per step (data2vec 2.0: 8 to 16).")
+    top_k: int = Field(4, ge=1, description="Teacher blocks averaged into the target (all if the encoder has fewer).")
+    decoder_width: int = Field(128, ge=8)
+    decoder_depth: int = Field(1, ge=0, description="Decoder blocks (0: a linear head on the student tokens).")
+    decoder_heads: int = Field(4, ge=1)
+
+    def inputs(self) -> list[tuple[str, str]]:
+        return [(self.modality, self.view)]
+
+    def requirements(self) -> list[tuple[str, str]]:
+        return [(self.modality, "masking")]
+
+
+class Data2Vec(nn.Module):
+    def __init__(self, options: Data2VecOptions, width: int, drops_tokens: bool = True) -> None:
+        super().__init__()
+        self.options = options
+        o = options
+        self.decoder = MaskedDecoder(width, o.decoder_width, o.decoder_depth, o.decoder_heads, width, drops_tokens)
+        self.teacher = EMATeacher(
+            lazy=["encoder"], base_momentum=options.momentum, final_momentum=options.final_momentum
+        )
+
+    def forward(self, ctx: StepContext) -> dict[str, Tensor]:
+        o = self.options
+        clean = ctx.inputs(o.modality, o.view)
+        teacher_encoder = self.teacher.ensure("encoder", ctx.model.encoders[o.modality])
+        with torch.no_grad():
+            targets = data2vec_targets(encoder_layers(teacher_encoder, clean), o.top_k, clean.padding_mask)
+        student_input = repeat_batch(clean, o.num_masks)
+        masked: MaskedInput = ctx.processors[o.modality].mask(student_input, o.mask_ratio)
+        out = ctx.model.encode(o.modality, masked.batch)
+        num_tokens = masked.mask.shape[1]
+        if targets.shape[1] != num_tokens:
+            raise ValueError(
+                f"data2vec: the teacher gave {targets.shape[1]} tokens per row but the mask covers {num_tokens}"
+            )
+        pred = self.decoder(out.tokens, masked.batch.keep, num_tokens, student_input.padding_mask)
+        hidden = masked.mask
+        if student_input.padding_mask is not None:
+            hidden = hidden & ~student_input.padding_mask
+        target = targets.repeat_interleave(o.num_masks, dim=0)
+        loss = masked_mse(pred.float(), target, hidden)
+        with torch.no_grad():
+            cos = nn.functional.cosine_similarity(pred.float()[hidden], target[hidden], dim=-1).mean()
+        return {"loss": loss, "cos": cos, "momentum": self.teacher.momentum.detach().clone()}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        students = {"encoder": model.encoders[self.options.modality]}
+        self.teacher.update(students, self.teacher.schedule(step, total_steps))
+
+
+@register_objective("data2vec", Data2VecOptions)
+def build_data2vec(options: Data2VecOptions, info: BuildInfo) -> nn.Module:
+    probe = info.processors[options.modality].mask(info.probes[options.modality], options.mask_ratio)
+    return Data2Vec(options, info.widths[options.modality], drops_tokens=probe.batch.keep is not None)
