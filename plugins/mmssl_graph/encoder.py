@@ -46,10 +46,13 @@ class CategoricalEmbedder(nn.Module):
 
 
 class NodeEmbedder(nn.Module):
-    """Atom (node) embeddings with GraphMAE's learnable [MASK] embedding.
+    """Atom (node) embeddings with a learnable [MASK] embedding for masked node prediction (GraphMAE).
 
-    Nodes flagged in ``node_mask`` get the [MASK] vector instead of the embedding of their features, so nothing
-    of a masked node's own features reaches the encoder.
+    Nodes flagged in ``node_mask`` are embedded as if every feature column held its reserved "masked"
+    category, whatever their ``x`` holds: the [MASK] embedding is the sum of the reserved rows of the tables,
+    learned like any other row (and shared with the ``attr_mask`` augmentation, as in Hu et al.'s attribute
+    masking). Nothing of a masked node's own features reaches the encoder, and no parameter goes unused when
+    a recipe never masks (DDP rejects parameters without gradient).
 
     Shapes:
         x: [M, F] long, node_mask: [M] bool or None -> [M, D]
@@ -58,14 +61,17 @@ class NodeEmbedder(nn.Module):
     def __init__(self, vocab: Sequence[int], width: int) -> None:
         super().__init__()
         self.features = CategoricalEmbedder(vocab, width)
-        self.mask_token = nn.Parameter(torch.zeros(width))
-        nn.init.normal_(self.mask_token, std=0.02)
+        self.register_buffer("masked_value", torch.tensor(list(vocab), dtype=torch.long), persistent=False)
 
     def forward(self, x: Tensor, node_mask: Tensor | None = None) -> Tensor:
-        h = self.features(x)
         if node_mask is not None:
-            h = torch.where(node_mask.unsqueeze(-1), self.mask_token.to(h.dtype), h)
-        return h
+            x = torch.where(node_mask.unsqueeze(-1), self.masked_value, x)
+        return self.features(x)
+
+    @property
+    def mask_embedding(self) -> Tensor:
+        """The [MASK] embedding. Shapes: -> [D]."""
+        return self.features(self.masked_value[None])[0]
 
 
 def _norm(kind: str, width: int) -> nn.Module:
