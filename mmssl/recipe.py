@@ -48,6 +48,10 @@ class TrainSpec(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     find_unused_parameters: bool = False
+    monitor_every: int = Field(
+        0, ge=0, description="Every N steps log label-free collapse monitors (RankMe, uniformity, std); 0: off."
+    )
+    monitor_rows: int = Field(512, ge=2, description="Held training rows (clean view) the monitors embed.")
 
 
 class Recipe(Strict):

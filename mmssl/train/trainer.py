@@ -31,6 +31,7 @@ from mmssl.build import (
 )
 from mmssl.data.dataset import Collator, ViewDataset
 from mmssl.data.sampler import ResumableBatchSampler
+from mmssl.eval.monitors import TrainingMonitor
 from mmssl.recipe import dump_recipe
 from mmssl.train import checkpoint as ckpt
 from mmssl.train.metrics import MetricLogger
@@ -133,6 +134,18 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
     )
     batches = iter(loader)
     logger = MetricLogger(output, enabled=accelerator.is_main_process, resume_step=step)
+    # -- label-free monitors (train.monitor_every): a fixed held batch, embedded on the main process only --
+    monitor = None
+    if spec.monitor_every and accelerator.is_main_process:
+        monitor = TrainingMonitor(
+            processors,
+            {m: recipe.column_of(m) for m in views},
+            train_source.rows,
+            spec.monitor_rows,
+            {m: p.capabilities.views for m, p in plan.plugins.items()},
+            recipe.seed,
+        )
+    # -- end monitors --
     bar = tqdm(total=spec.steps, initial=step, disable=not accelerator.is_main_process, desc=recipe.name)
     module.train()
     last_time, rows_seen = time.perf_counter(), 0
@@ -158,12 +171,16 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
             step += 1
             accelerator.unwrap_model(module).after_optimizer_step(step, spec.steps)
             bar.update(1)
-            if step % spec.log_every == 0 or step == spec.steps:
+            monitor_due = spec.monitor_every > 0 and step % spec.monitor_every == 0  # same on every process
+            if step % spec.log_every == 0 or step == spec.steps or monitor_due:
                 now = time.perf_counter()
                 extra = {
                     "lr": scheduler.get_last_lr()[0],
                     "samples_per_s": rows_seen * accelerator.num_processes / (now - last_time),
                 }
+                if monitor is not None and monitor_due:
+                    extra.update(monitor(accelerator.unwrap_model(module).model, step, accelerator.device, bar.write))
+                    now = time.perf_counter()
                 record = logger.flush(step, accelerator, extra)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 last_time, rows_seen = now, 0
