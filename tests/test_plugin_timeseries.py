@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -15,22 +12,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+import mmssl_timeseries as ts
 from mmssl.modality import Capabilities, MaskedInput, ModalityBatch, Processor
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _import_plugin() -> ModuleType:
-    """The plugin package; an editable install made before the package existed does not map it, so fall back
-    to the source folder (a fresh ``pip install -e .`` maps it)."""
-    try:
-        return importlib.import_module("mmssl_timeseries")
-    except ModuleNotFoundError:
-        sys.path.insert(0, str(ROOT / "plugins"))
-        return importlib.import_module("mmssl_timeseries")
-
-
-ts = _import_plugin()
 HAS_PARQUET = any(importlib.util.find_spec(engine) for engine in ("pyarrow", "fastparquet"))
 
 
