@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from mmssl.data.sources import Source
 from mmssl.eval.base import EVALUATORS, EvalContext
-from mmssl.eval.linear_probe import linear_probe_accuracy, raw_matrix
+from mmssl.eval.embed import raw_features
+from mmssl.eval.linear_probe import linear_probe_accuracy
 from mmssl.modality import EncoderOutput, ModalityBatch
 from mmssl.model import JointEmbeddingModel
 
@@ -128,11 +129,11 @@ def test_evaluator_writes_trained_random_init_and_raw_scores() -> None:
 
 def test_raw_matrix_pads_every_batch_to_one_shape() -> None:
     values = [[1.0], [2.0, 3.0, 4.0], [5.0, 6.0]]
-    raw = raw_matrix(VectorProcessor(), values, batch_size=2)
+    raw = raw_features(VectorProcessor(), values, batch_size=2)
     assert torch.equal(raw, torch.tensor([[1.0, 0.0, 0.0], [2.0, 3.0, 4.0], [5.0, 6.0, 0.0]]))
 
     class Ids(VectorProcessor):
         def collate(self, samples: list[Tensor]) -> ModalityBatch:
             return ModalityBatch({"ids": torch.zeros(len(samples), 3, dtype=torch.long)})
 
-    assert raw_matrix(Ids(), values) is None  # token ids are no raw baseline
+    assert raw_features(Ids(), values) is None  # token ids are no raw baseline

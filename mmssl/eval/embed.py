@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mmssl.data.dataset import is_missing
@@ -44,18 +47,42 @@ def embed_values(
     return torch.cat(out) if out else torch.empty(0, model.embed_dim)
 
 
+def _float_tensor(data: Any) -> Tensor | None:
+    """The batch's one floating-point tensor: ``data`` itself or the only float tensor of a dict."""
+    if isinstance(data, Tensor):
+        return data if data.is_floating_point() else None
+    if isinstance(data, dict):
+        found = [v for v in data.values() if isinstance(v, Tensor) and v.is_floating_point()]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
 def raw_features(processor: Processor, values: list, batch_size: int = 1024) -> Tensor | None:
-    """The prepared input itself, flattened, as a baseline. None when the input is not one tensor per row.
+    """The prepared input, zero-padded to the largest shape over all rows and flattened, as a baseline.
+
+    Accepts padded batches and dict data with one float tensor (e.g. ``{"values": [B, C, L]}``), padding every
+    batch at the end of each dimension to the same shape, so channel and time positions line up between rows.
+    None when the input is not one float tensor per row (token ids, graphs).
 
     Shapes: -> [N, F].
     """
-    out = []
+    chunks = []
     for lo in range(0, len(values), batch_size):
         batch = processor.collate([processor.prepare(processor.decode(v)) for v in values[lo : lo + batch_size]])
-        if not isinstance(batch.data, Tensor) or batch.padding_mask is not None:
+        x = _float_tensor(batch.data)
+        if x is None:
             return None
-        out.append(batch.data.reshape(len(batch.data), -1).float())
-    return torch.cat(out)
+        chunks.append(x.float().cpu())
+    if not chunks:
+        return None
+    shape = [max(c.shape[d] for c in chunks) for d in range(1, chunks[0].ndim)]
+    padded = []
+    for c in chunks:
+        pad: list[int] = []
+        for d in reversed(range(1, c.ndim)):
+            pad += [0, shape[d - 1] - c.shape[d]]
+        padded.append(F.pad(c, pad).reshape(len(c), -1))
+    return torch.cat(padded)
 
 
 def labelled_values(source: Source, column: str) -> tuple[list, np.ndarray]:

@@ -74,8 +74,9 @@ def run_knn(options: KNNOptions, ctx: EvalContext) -> dict[str, float]:
     if "random_init" in options.baselines:
         results[f"{prefix}_top1_random_init"] = score(ctx.random_model)
     if "raw" in options.baselines:
-        bank_raw, query_raw = raw_features(processor, bank_values), raw_features(processor, query_values)
-        if bank_raw is not None and query_raw is not None:
+        raw = raw_features(processor, bank_values + query_values)  # one padding shape for both splits
+        if raw is not None:
+            bank_raw, query_raw = raw[: len(bank_values)], raw[len(bank_values) :]
             results[f"{prefix}_top1_raw"] = knn_accuracy(
                 bank_raw, bank_labels, query_raw, query_labels, options.k, options.temperature
             )

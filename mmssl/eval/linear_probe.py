@@ -10,14 +10,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
 from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
-from mmssl.eval.embed import embed_values, labelled_values
-from mmssl.modality import Processor
+from mmssl.eval.embed import embed_values, labelled_values, raw_features
 
 
 def linear_probe_accuracy(
@@ -49,44 +46,6 @@ def linear_probe_accuracy(
 
 def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().double().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64)
-
-
-def _float_tensor(data: Any) -> Tensor | None:
-    """The batch's one floating-point tensor: ``data`` itself or the only float tensor of a dict."""
-    if isinstance(data, Tensor):
-        return data if data.is_floating_point() else None
-    if isinstance(data, dict):
-        found = [v for v in data.values() if isinstance(v, Tensor) and v.is_floating_point()]
-        return found[0] if len(found) == 1 else None
-    return None
-
-
-def raw_matrix(processor: Processor, values: list, batch_size: int = 1024) -> Tensor | None:
-    """The prepared input, zero-padded to the largest shape over all rows and flattened, as a baseline.
-
-    Unlike ``mmssl.eval.embed.raw_features`` this accepts padded batches and dict data with one float tensor
-    (e.g. ``{"values": [B, C, L]}``), padding every batch at the end of each dimension to the same shape, so
-    channel and time positions line up between rows. None when the input is not one float tensor per row.
-
-    Shapes: -> [N, F].
-    """
-    chunks = []
-    for lo in range(0, len(values), batch_size):
-        batch = processor.collate([processor.prepare(processor.decode(v)) for v in values[lo : lo + batch_size]])
-        x = _float_tensor(batch.data)
-        if x is None:
-            return None
-        chunks.append(x.float().cpu())
-    if not chunks:
-        return None
-    shape = [max(c.shape[d] for c in chunks) for d in range(1, chunks[0].ndim)]
-    padded = []
-    for c in chunks:
-        pad: list[int] = []
-        for d in reversed(range(1, c.ndim)):
-            pad += [0, shape[d - 1] - c.shape[d]]
-        padded.append(F.pad(c, pad).reshape(len(c), -1))
-    return torch.cat(padded)
 
 
 class LinearProbeOptions(EvalOptions):
@@ -130,7 +89,7 @@ def run_linear_probe(options: LinearProbeOptions, ctx: EvalContext) -> dict[str,
     if "random_init" in options.baselines:
         results[f"{prefix}_top1_random_init"] = score(ctx.random_model)
     if "raw" in options.baselines:
-        raw = raw_matrix(processor, train_values + test_values)
+        raw = raw_features(processor, train_values + test_values)
         if raw is not None:
             results[f"{prefix}_top1_raw"] = probe(raw[: len(train_values)], raw[len(train_values) :])
     results[f"{prefix}_chance"] = 1.0 / len(np.unique(np.concatenate([train_labels, test_labels])))
