@@ -4,7 +4,13 @@ EMA-teacher objectives (BYOL, DINO, data2vec) for where gradients go, the EMA an
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -447,3 +453,32 @@ def test_byol_without_predictor_and_symmetric_loss() -> None:
         z = [byol.projector(model.encode("image", batch.inputs["image"][v]).pooled) for v in ("view0", "view1")]
     expected = 2 * (2 - 2 * F.cosine_similarity(z[0], z[1], dim=-1)).mean()
     assert_close(out["loss"], expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- two processes (gloo, CPU)
+
+
+def test_two_process_full_batch_statistics(tmp_path: Path) -> None:
+    """Barlow Twins / VICReg with gather on 3 + 5 rows, DDP-averaged == the single-process full batch; DINO center."""
+    repo = Path(__file__).resolve().parents[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += [
+        "--master_port",
+        str(port),
+        str(repo / "tests" / "dist_scripts" / "noncontrastive_gather.py"),
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=180)
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["failures"] == [], output
+    for name in ("barlow_twins", "vicreg"):
+        assert report[name]["loss_diff"] < 1e-5 and report[name]["grad_diff"] < 1e-5, (name, output)
+        assert report[name]["grad_norm"] > 1e-3
+    assert report["center_diff"] < 1e-6

@@ -240,18 +240,18 @@ def dino_center_update(center: Tensor, teacher_logits: Sequence[Tensor], momentu
     """DINO's center EMA: ``center * m + mean(teacher outputs) * (1 - m)``.
 
     The mean runs over the rows of every teacher crop (and, under data parallelism, of every process: the
-    sum is all-reduced and divided by the global row count, as in the reference code).
+    sum and the row count are all-reduced, as in the reference code, which assumes equal counts).
 
     Shapes:
         center: ``[1, K]``; each teacher logits: ``[n, K]`` -> ``[1, K]`` (a new tensor).
     """
     stacked = torch.cat([t.detach() for t in teacher_logits]).float()
     total = stacked.sum(dim=0, keepdim=True)
-    count = stacked.shape[0]
-    if world_size() > 1:
+    count = torch.tensor([float(stacked.shape[0])], device=total.device)
+    if world_size() > 1:  # row counts may differ between processes: reduce them too
         dist.all_reduce(total)
-        count *= world_size()
-    return center * momentum + (total / count).to(center.dtype) * (1 - momentum)
+        dist.all_reduce(count)
+    return center * momentum + (total / count.clamp_min(1.0)).to(center.dtype) * (1 - momentum)
 
 
 def ema_momentum(step: int, total_steps: int, base: float, final: float = 1.0) -> float:
