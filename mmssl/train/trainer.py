@@ -131,6 +131,7 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
         num_workers=spec.num_workers,
         persistent_workers=spec.num_workers > 0,
         generator=torch.Generator().manual_seed(recipe.seed),  # keeps worker seeding off the global RNG
+        worker_init_fn=_single_threaded_worker,
     )
     batches = iter(loader)
     logger = MetricLogger(output, enabled=accelerator.is_main_process, resume_step=step)
@@ -206,6 +207,11 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, module, opt
     if accelerator.is_main_process:
         ckpt.finish_checkpoint(root, step, accelerator.unwrap_model(module), optimizer, scheduler, keep)
     accelerator.wait_for_everyone()
+
+
+def _single_threaded_worker(worker_id: int) -> None:
+    """Data workers decode and augment one row at a time; torch threads there only fight the training step."""
+    torch.set_num_threads(1)
 
 
 class _null:
