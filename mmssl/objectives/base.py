@@ -70,11 +70,23 @@ def register_objective(name: str, options: type[ObjectiveOptions]) -> Callable[[
     return wrap
 
 
+class ModalityAbsent(KeyError):
+    """The micro-batch holds no row of a modality (or view) an objective asked to encode."""
+
+
 class StepContext:
     """One step's batch and model, with encodings shared between objectives.
 
     Two objectives that read the same (modality, view) see the same encoder pass, e.g. CLIP and SimCLR both
     reading the image ``view0``.
+
+    Partially paired data: a micro-batch may hold no row of a modality at all (``has`` is False). No encoder can
+    run on zero rows, so ``encode`` raises :class:`ModalityAbsent` then, while ``embed`` returns a zero-row
+    ``[0, E]`` embedding that is still attached, with weight 0, to every parameter of the modality's encoder and
+    projection (:meth:`participation`). Objectives that accept partial batches (CLIP, SigLIP: class attribute
+    ``partial_rows = True``) read ``embed`` and stay in lock-step with the other processes: they make the same
+    collectives with zero rows. ``TrainModule`` skips every other objective whose inputs are absent, on all
+    processes at once.
     """
 
     def __init__(self, model: nn.Module, batch: Batch, processors: dict[str, Processor]) -> None:
@@ -82,27 +94,49 @@ class StepContext:
         self._encoded: dict[tuple[str, str], EncoderOutput] = {}
         self._embedded: dict[tuple[str, str], Tensor] = {}
 
+    def has(self, modality: str, view: str = CLEAN) -> bool:
+        """Whether the micro-batch holds at least one row of ``modality`` (in ``view``)."""
+        return view in self.batch.inputs.get(modality, {})
+
     def inputs(self, modality: str, view: str = CLEAN) -> ModalityBatch:
         try:
             return self.batch.inputs[modality][view]
         except KeyError:
+            if modality in self.batch.present and modality not in self.batch.inputs:
+                raise ModalityAbsent(f"the micro-batch has no row with modality {modality!r}") from None
             raise KeyError(f"the batch has no {view!r} view of modality {modality!r}") from None
 
     def encode(self, modality: str, view: str = CLEAN) -> EncoderOutput:
+        """The encoder's output on the rows that have ``modality``; :class:`ModalityAbsent` when there are none."""
         key = (modality, view)
         if key not in self._encoded:
             self._encoded[key] = self.model.encode(modality, self.inputs(modality, view))
         return self._encoded[key]
 
     def embed(self, modality: str, view: str = CLEAN) -> Tensor:
-        """L2-normalised embedding in the shared space. Shapes: -> [B_m, E] (rows that have the modality)."""
+        """L2-normalised embedding in the shared space. Shapes: -> [B_m, E] (rows that have the modality).
+
+        ``[0, E]`` when no row has the modality; it depends (with weight 0) on the modality's parameters, so a
+        loss built on it gives them a (zero) gradient, as DDP needs every parameter to take part in every step.
+        """
         key = (modality, view)
         if key not in self._embedded:
-            self._embedded[key] = self.model.project(modality, self.encode(modality, view).pooled)
+            if self.has(modality, view) or modality not in self.batch.present:
+                self._embedded[key] = self.model.project(modality, self.encode(modality, view).pooled)
+            else:
+                anchor = self.participation(modality)
+                self._embedded[key] = anchor.new_zeros(0, self.model.embed_dim) + anchor
         return self._embedded[key]
+
+    def participation(self, *modalities: str) -> Tensor:
+        """``0 * (sum of the parameters of the modalities' encoders and projections)``: a scalar 0 on whose graph
+        every such parameter lies, so the backward pass gives each a zero gradient."""
+        return self.model.participation(*modalities)
 
     def paired_rows(self, a: str, b: str) -> tuple[Tensor, Tensor]:
         """Positions, within each modality's own batch, of the rows that have both ``a`` and ``b``.
+
+        Either may be empty (no row has both, or no row has one of them at all).
 
         Shapes: -> ([P], [P]) long indices into the [B_a] and [B_b] batches.
         """

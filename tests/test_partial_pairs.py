@@ -1,0 +1,108 @@
+"""Training on partially paired rows: absent modalities, pair objectives without pairs, DDP lock-step."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmssl.objectives.base import ModalityAbsent, StepContext
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "tests" / "dist_scripts" / "partial_pairs.py"
+_spec = importlib.util.spec_from_file_location("partial_pairs", SCRIPT)
+pp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pp)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def batch_of(layout):
+    return pp.make_batch(layout, 0, slice(0, len(layout)))
+
+
+def test_absent_modality_embeds_to_zero_rows_attached_to_its_parameters() -> None:
+    module = pp.build(with_norm=False, gather=False)
+    ctx = StepContext(module.model, batch_of([{pp.IM, pp.T}, {pp.T}]), module.processors)
+    assert ctx.has("image") and ctx.has("text") and not ctx.has("audio")
+    with pytest.raises(ModalityAbsent, match="no row with modality 'audio'"):
+        ctx.encode("audio")
+    with pytest.raises(KeyError, match="no 'view0' view"):
+        ctx.inputs("image", "view0")
+    emb = ctx.embed("audio")
+    assert emb.shape == (0, 4) and emb.requires_grad
+    (emb.sum() + ctx.embed("image").sum()).backward()
+    audio = [*module.model.encoders["audio"].parameters(), *module.model.projections["audio"].parameters()]
+    assert all(p.grad is not None and not p.grad.any() for p in audio)  # took part, with a zero gradient
+    assert module.model.encoders["image"].layer.weight.grad.abs().sum() > 0
+
+
+def test_clip_without_pairs_is_zero_and_reaches_every_parameter() -> None:
+    module = pp.build(with_norm=False, gather=False)
+    terms = module(batch_of([{pp.IM}, {pp.T}, {pp.IM}, {pp.A}]))  # no image-text and no audio-text pair
+    assert float(terms["loss"].detach()) == 0.0
+    assert float(terms["clip/pairs"]) == 0.0 and float(terms["clip2/pairs"]) == 0.0
+    terms["loss"].backward()
+    assert all(p.grad is not None and not p.grad.any() for p in module.parameters())
+
+
+def test_objective_without_partial_support_is_skipped_when_its_modality_is_absent() -> None:
+    module = pp.build(with_norm=True, gather=False)
+    terms = module(batch_of([{pp.IM, pp.T}, {pp.IM, pp.T}, {pp.T}]))  # no audio
+    assert "norm/loss" not in terms and "clip/loss" in terms
+    terms["loss"].backward()
+    assert module.objectives["norm"].scale.grad is not None  # DDP sees it used
+    total = float(terms["clip/loss"].detach()) + float(terms["clip2/loss"].detach())
+    assert float(terms["loss"].detach()) == pytest.approx(total)
+    with_audio = module(batch_of([{pp.IM, pp.T}, {pp.A, pp.T}, {pp.A}]))
+    assert float(with_audio["norm/loss"].detach()) > 0
+
+
+def test_two_processes_with_missing_pairs_match_one_process(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(SCRIPT),
+        str(tmp_path),
+    ]
+    # A process out of lock-step hangs in a collective (gloo), hence the timeout.
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+    output = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["failures"] == [] and report["world_size"] == 2, output
+    for name in pp.STEPS:
+        entry = report[name]
+        assert entry["loss_diff"] < 1e-9 and entry["grad_diff"] < 1e-9, (name, output)
+        assert entry["grad_norm"] > 1e-3, (name, output)
+    assert report["no_audio_text_anywhere"]["audio_text_pairs"] == 0.0
+    assert report["norm_ran"]["rank1_no_audio"] == [False, False]  # skipped on both ranks together
+    assert report["norm_ran"]["fully_paired"] == [True, True]
