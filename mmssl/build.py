@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
+import mmssl.data.digits  # noqa: F401  (registers sklearn_digits and spoken_digits)
 import mmssl.data.fashion_mnist  # noqa: F401  (registers the source)
 import mmssl.eval  # noqa: F401  (registers evaluators)
 from mmssl.data.dataset import CLEAN, is_missing

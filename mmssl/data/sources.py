@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from mmssl.registry import Registry
+from mmssl.registry import Registry, RegistryError
 
 
 @dataclass
@@ -119,3 +120,63 @@ def load_manifest(options: ManifestOptions, base: Path) -> Source:
             for row in rows:
                 row["label"] = lookup[str(row[options.label_column])]
     return Source(rows, class_names, origin=str(file), columns=columns)
+
+
+class ConcatOptions(SourceOptions):
+    parts: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="Source specs ({source: NAME, ...its options}) whose rows are joined in this order; each row "
+        "keeps its own columns (e.g. image-text rows then audio-text rows).",
+    )
+
+    @field_validator("parts")
+    @classmethod
+    def _validate_parts(cls, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each part against its registered source's options; errors name ``parts[i].key``."""
+        errors: list[InitErrorDetails] = []
+        for i, part in enumerate(parts):
+            try:
+                resolve_part(part)
+            except ValidationError as err:
+                for e in err.errors():
+                    errors.append(
+                        InitErrorDetails(type=e["type"], loc=(i, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+                    )
+            except (KeyError, RegistryError) as err:
+                message = str(err.args[0]) if err.args else str(err)
+                where = (i, "source") if "source" in part else (i,)
+                errors.append(InitErrorDetails(type=PydanticCustomError("source", message), loc=where, input=part))
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return parts
+
+
+def resolve_part(spec: dict[str, Any]) -> tuple[SourceType, BaseModel]:
+    """A ``{source: NAME, ...options}`` spec -> (registered source type, validated options)."""
+    if "source" not in spec:
+        raise KeyError(f"missing `source` (one of: {', '.join(SOURCES.names())})")
+    kind = SOURCES.get(str(spec["source"]))
+    return kind, kind.options.model_validate({k: v for k, v in spec.items() if k != "source"})
+
+
+@register_source("concat", ConcatOptions)
+def load_concat(options: ConcatOptions, base: Path) -> Source:
+    """The rows of every part, in order, each with its own columns (a column a part lacks is absent from its
+    rows, so the modality it holds is missing there). ``columns`` is the union. Class names are kept when every
+    part that has some gives the same list (so labels mean the same in all parts); otherwise there are none."""
+    rows: list[dict[str, Any]] = []
+    columns: list[str] = []
+    names: list[list[str]] = []
+    origins = []
+    for part in options.parts:
+        kind, part_options = resolve_part(part)
+        source = kind.load(part_options, base)
+        rows.extend(source.rows)
+        columns.extend(c for c in source.columns or (list(source.rows[0]) if len(source) else []) if c not in columns)
+        if source.class_names is not None:
+            names.append(list(source.class_names))
+        origins.append(source.origin or kind.name)
+    if options.limit:
+        rows = rows[: options.limit]
+    class_names = names[0] if names and all(n == names[0] for n in names) else None
+    return Source(rows, class_names, origin=f"concat({'; '.join(origins)})", columns=columns)
