@@ -51,10 +51,7 @@ class JointEmbeddingModel(nn.Module):
         Shapes: -> [] (0.0).
         """
         return zero_touching(
-            p
-            for m in modalities
-            for module in (self.encoders[m], self.projections[m])
-            for p in module.parameters()
+            p for m in modalities for module in (self.encoders[m], self.projections[m]) for p in module.parameters()
         )
 
 

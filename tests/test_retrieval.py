@@ -138,3 +138,74 @@ def test_evaluator_writes_both_directions_baseline_and_chance() -> None:
         RetrievalOptions(name="retrieval", modalities=["audio", "audio"])
     with pytest.raises(ValidationError, match="at least 1"):
         RetrievalOptions(name="retrieval", modalities=["audio", "text"], ks=[0])
+
+
+def brute_force_label_recall(similarity: torch.Tensor, labels_q: list[int], labels_g: list[int], k: int) -> float:
+    """Sort each query's gallery by similarity and look for an item with the query's label among the first k."""
+    hits = 0
+    for q in range(similarity.shape[0]):
+        order = sorted(range(similarity.shape[1]), key=lambda g: -float(similarity[q, g]))
+        hits += any(labels_g[g] == labels_q[q] for g in order[:k])
+    return hits / similarity.shape[0]
+
+
+def brute_force_label_chance(labels_q: list[int], labels_g: list[int], k: int) -> float:
+    """Share of all k-item top sets that hold an item of the query's label, averaged over the queries."""
+    tops = list(combinations(range(len(labels_g)), k))
+    return sum(sum(any(labels_g[g] == lq for g in top) for top in tops) / len(tops) for lq in labels_q) / len(labels_q)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_label_matching_across_modalities_never_paired(seed: int) -> None:
+    """Audio rows and image rows are separate (no row has both); a retrieved item is right when labels agree."""
+    gen = torch.Generator().manual_seed(seed)
+    n_audio, n_image, n_labels = 11, 7, 3
+    labels_a = torch.randint(0, n_labels, (n_audio,), generator=gen).tolist()
+    labels_i = torch.randint(0, n_labels, (n_image,), generator=gen).tolist()
+    rows = [{"audio": f"a{i}", "text": "spoken", "label": lab} for i, lab in enumerate(labels_a)]
+    rows += [{"image": f"i{i}", "text": "caption", "label": lab} for i, lab in enumerate(labels_i)]
+    rows += [{"audio": "unlabelled", "label": -1}, {"image": "no label"}]  # left out
+    table = {
+        "audio": {f"a{i}": torch.randn(3, generator=gen) for i in range(n_audio)},
+        "image": {f"i{i}": torch.randn(3, generator=gen) for i in range(n_image)},
+    }
+    table["audio"]["unlabelled"] = table["image"]["no label"] = torch.ones(3)
+    model = LookupModel(table)
+    ctx = EvalContext(
+        model=model,
+        processors={"audio": Identity(), "image": Identity()},
+        columns={"audio": "audio", "image": "image"},
+        load_split=lambda split: Source(rows, origin=split),
+        build_random_model=lambda: model,
+    )
+    kind = EVALUATORS.get("retrieval")
+    ks = [1, 2, 3]
+    options = kind.options.model_validate(
+        {"name": "retrieval", "modalities": ["audio", "image"], "match": "label", "ks": ks, "prefix": "ai"}
+    )
+    results = kind.run(options, ctx)
+
+    emb_a = torch.nn.functional.normalize(torch.stack([table["audio"][f"a{i}"] for i in range(n_audio)]), dim=-1)
+    emb_i = torch.nn.functional.normalize(torch.stack([table["image"][f"i{i}"] for i in range(n_image)]), dim=-1)
+    similarity = emb_a @ emb_i.T
+    for k in ks:
+        a2i = brute_force_label_recall(similarity, labels_a, labels_i, k)
+        i2a = brute_force_label_recall(similarity.T, labels_i, labels_a, k)
+        assert results[f"ai_audio2image_r@{k}"] == pytest.approx(a2i), k
+        assert results[f"ai_image2audio_r@{k}"] == pytest.approx(i2a), k
+        assert results[f"ai_audio2image_r@{k}_random_init"] == pytest.approx(a2i)
+        assert results[f"ai_audio2image_chance_r@{k}"] == pytest.approx(brute_force_label_chance(labels_a, labels_i, k))
+        assert results[f"ai_image2audio_chance_r@{k}"] == pytest.approx(brute_force_label_chance(labels_i, labels_a, k))
+    assert results["ai_audio2image_queries"] == n_audio and results["ai_image2audio_queries"] == n_image
+    assert "ai_queries" not in results and "ai_chance_r@1" not in results
+
+
+def test_label_relevance_and_pair_mode_needs_paired_rows() -> None:
+    from mmssl.eval.retrieval import label_relevance, paired_values
+
+    rel = label_relevance([0, 1, 1], [1, 0])
+    assert torch.equal(rel, torch.tensor([[False, True], [True, False], [True, False]]))
+    with pytest.raises(ValueError, match="no rows with both"):
+        paired_values(Source([{"audio": "a"}, {"image": "i"}], origin="split"), "audio", "image")
+    with pytest.raises(ValidationError):
+        RetrievalOptions(name="retrieval", modalities=["audio", "image"], match="labels")

@@ -1,11 +1,17 @@
-"""Cross-modal retrieval: recall@k in both directions between two paired modalities of one split.
+"""Cross-modal retrieval: recall@k in both directions between two modalities of one split.
 
-Every row that has both modalities is a query (embedded from one modality) and a gallery item (embedded from
-the other), in the shared projected space, ranked by cosine similarity. A query is answered correctly at k
-when one of its k nearest gallery items is *relevant* to it: its own paired row, and (``match_equal``) every
-row whose raw value of either modality is the same string as the query row's. Two recordings of the same
-sentence, or repeated prompts such as the digits, then count as each other's matches: retrieving the other
-"one" for a recording of "one" is not an error, since nothing in the data tells them apart.
+``match: pair`` (default): every row that has both modalities is a query (embedded from one modality) and a
+gallery item (embedded from the other), in the shared projected space, ranked by cosine similarity. A query is
+answered correctly at k when one of its k nearest gallery items is *relevant* to it: its own paired row, and
+(``match_equal``) every row whose raw value of either modality is the same string as the query row's. Two
+recordings of the same sentence, or repeated prompts such as the digits, then count as each other's matches:
+retrieving the other "one" for a recording of "one" is not an error, since nothing in the data tells them apart.
+
+``match: label``: the queries are the rows that have modality a, the gallery the rows that have modality b (no
+row needs both, so two modalities never seen together can be scored, e.g. audio and image bound through text),
+and a gallery item is relevant when its ``label`` equals the query's. Rows without a label (or with a negative
+one) are left out. The chance level is then per direction: the expected recall of a random ranking given the
+label counts.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from torch import Tensor
 from mmssl.data.dataset import is_missing
 from mmssl.data.sources import Source
 from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
-from mmssl.eval.embed import embed_values
+from mmssl.eval.embed import embed_values, labelled_values
 
 
 def recall_at_k(similarity: Tensor, relevant: Tensor, ks: list[int]) -> dict[int, float]:
@@ -86,6 +92,14 @@ def relevance(values_a: list[Any], values_b: list[Any], match_equal: bool = True
     return relevant
 
 
+def label_relevance(labels_a: Any, labels_b: Any) -> Tensor:
+    """Which gallery items answer which query: equal labels.
+
+    Shapes: labels_a [Q], labels_b [G] (ints) -> [Q, G] bool
+    """
+    return torch.as_tensor(labels_a)[:, None] == torch.as_tensor(labels_b)[None, :]
+
+
 def paired_values(source: Source, column_a: str, column_b: str) -> tuple[list[Any], list[Any]]:
     """Raw values of the rows that have both columns."""
     values_a, values_b = [], []
@@ -104,6 +118,12 @@ class RetrievalOptions(EvalOptions):
     modalities: tuple[str, str] = Field(description="The two paired modalities [a, b]; both directions are scored.")
     query: str = Field("test", description="Split whose rows with both modalities are the queries and the gallery.")
     ks: list[int] = Field(default_factory=lambda: [1, 5], min_length=1, description="The k of recall@k.")
+    match: Literal["pair", "label"] = Field(
+        "pair",
+        description="pair: rows with both modalities, each answered by its own row (and equal strings, see "
+        "match_equal); label: queries are the rows with one modality, the gallery the rows with the other, "
+        "relevant when the labels are equal (no row needs both modalities).",
+    )
     match_equal: bool = Field(
         True,
         description="Also count as correct a retrieved row whose raw value of either modality is the same string "
@@ -146,12 +166,23 @@ def retrieval_scores(model: Any, options: RetrievalOptions, ctx: EvalContext, va
 @register_evaluator("retrieval", RetrievalOptions, splits=lambda o: [o.query], modalities=lambda o: list(o.modalities))
 def run_retrieval(options: RetrievalOptions, ctx: EvalContext) -> dict[str, float]:
     """Writes ``retrieval_<a>2<b>_r@<k>`` and ``retrieval_<b>2<a>_r@<k>`` for every k, the same with
-    ``_random_init`` appended, ``retrieval_chance_r@<k>`` (a random ranking; k / N without duplicates) and
-    ``retrieval_queries`` (N)."""
+    ``_random_init`` appended, and the chance level of a random ranking.
+
+    ``match: pair``: ``retrieval_chance_r@<k>`` (k / N without duplicates) and ``retrieval_queries`` (N).
+    ``match: label``: ``retrieval_<a>2<b>_chance_r@<k>`` and ``retrieval_<b>2<a>_chance_r@<k>`` (the two
+    directions have different galleries), ``retrieval_<a>2<b>_queries`` and ``retrieval_<b>2<a>_queries``.
+    """
     prefix = options.prefix or "retrieval"
     a, b = options.modalities
-    values = paired_values(ctx.source(options.query), ctx.columns[a], ctx.columns[b])
-    relevant = relevance(*values, match_equal=options.match_equal)
+    source = ctx.source(options.query)
+    if options.match == "label":
+        values_a, labels_a = labelled_values(source, ctx.columns[a])
+        values_b, labels_b = labelled_values(source, ctx.columns[b])
+        values = (values_a, values_b)
+        relevant = label_relevance(labels_a, labels_b)
+    else:
+        values = paired_values(source, ctx.columns[a], ctx.columns[b])
+        relevant = relevance(*values, match_equal=options.match_equal)
     results: dict[str, float] = {}
     models = [("", ctx.model)]
     if "random_init" in options.baselines:
@@ -160,6 +191,12 @@ def run_retrieval(options: RetrievalOptions, ctx: EvalContext) -> dict[str, floa
         for direction, recalls in retrieval_scores(model, options, ctx, values, relevant).items():
             for k, value in recalls.items():
                 results[f"{prefix}_{direction}_r@{k}{suffix}"] = value
+    if options.match == "label":
+        for direction, rel in ((f"{a}2{b}", relevant), (f"{b}2{a}", relevant.T)):
+            for k, value in chance_recall_at_k(rel, options.ks).items():
+                results[f"{prefix}_{direction}_chance_r@{k}"] = value
+            results[f"{prefix}_{direction}_queries"] = float(rel.shape[0])
+        return results
     for k, value in chance_recall_at_k(relevant, options.ks).items():
         results[f"{prefix}_chance_r@{k}"] = value
     results[f"{prefix}_queries"] = float(len(values[0]))
