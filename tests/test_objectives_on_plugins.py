@@ -150,14 +150,7 @@ class Limit:
     raises: type[Exception]
 
 
-KNOWN_LIMITS: dict[tuple[str, str], Limit] = {
-    ("graph", "data2vec"): Limit(
-        {"num_masks": 1},
-        "data2vec repeats each row num_masks times (mmssl.objectives.latent.repeat_rows), which handles tensors "
-        "and dicts of tensors but not the graph plugin's PyG batches",
-        TypeError,
-    ),
-}
+KNOWN_LIMITS: dict[tuple[str, str], Limit] = {}
 
 # --------------------------------------------------------------------------------- registry-driven cases
 

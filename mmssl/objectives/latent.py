@@ -28,13 +28,19 @@ from mmssl.objectives.teacher import EMATeacher
 
 
 def repeat_rows(x: Any, repeats: int) -> Any:
-    """Repeat every row ``repeats`` times in place (``repeat_interleave`` on dim 0) in a tensor or dict of them."""
+    """Repeat every row ``repeats`` times in place (``repeat_interleave`` on dim 0).
+
+    Handles tensors, dicts of them, and batches of variable-size items that can be split into a list and
+    re-collated (``to_data_list`` / ``from_data_list``, as torch_geometric's ``Batch``).
+    """
     if repeats == 1 or x is None:
         return x
     if isinstance(x, Tensor):
         return x.repeat_interleave(repeats, dim=0)
     if isinstance(x, dict):
         return {k: repeat_rows(v, repeats) for k, v in x.items()}
+    if hasattr(x, "to_data_list") and hasattr(type(x), "from_data_list"):  # torch_geometric Batch and the like
+        return type(x).from_data_list([row for row in x.to_data_list() for _ in range(repeats)])
     raise TypeError(f"cannot repeat batch data of type {type(x).__name__}: use num_masks 1 for this modality")
 
 
