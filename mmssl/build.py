@@ -193,7 +193,13 @@ def build_train_module(
     )
     objectives: dict[str, nn.Module] = {}
     weights: dict[str, float] = {}
+    trained_projections: set[str] = set()
     for label, kind, options in plan.objectives:
         objectives[label] = kind.build(options, info)
         weights[label] = options.weight
+        trained_projections.update(options.shared_space())
+    for modality, projection in model.projections.items():
+        # A projection no objective trains stays at its random init; freezing it keeps DDP from waiting for
+        # gradients that never come.
+        projection.requires_grad_(modality in trained_projections)
     return TrainModule(model, objectives, weights, processors)

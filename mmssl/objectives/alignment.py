@@ -42,6 +42,9 @@ class PairOptions(ObjectiveOptions):
     def requirements(self) -> list[tuple[str, str]]:
         return [(m, "pairing") for m in self.modalities]
 
+    def shared_space(self) -> list[str]:
+        return list(self.modalities)
+
 
 def paired_embeddings(ctx: StepContext, options: PairOptions) -> tuple[Tensor, Tensor]:
     """Shared-space embeddings of the rows that have both modalities. Shapes: -> ([P, E], [P, E]), P may be 0.

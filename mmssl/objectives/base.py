@@ -34,6 +34,10 @@ class ObjectiveOptions(BaseModel):
         """(modality, capability) pairs; capability is ``views``, ``pairing``, ``masking:continuous``, ..."""
         return []
 
+    def shared_space(self) -> list[str]:
+        """Modalities whose projection into the shared embedding space this objective trains."""
+        return []
+
 
 @dataclass
 class BuildInfo:
