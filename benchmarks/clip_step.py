@@ -410,6 +410,15 @@ def main(argv: list[str] | None = None) -> None:
         if name in times and other in times
     ]
     print("median of per-round ratios (paths timed side by side): " + ", ".join(per_round))
+    best = {name: b * args.steps / min(t) for name, t in times.items()}
+    print(
+        "ratios of the best rounds (noise only ever adds time): "
+        + ", ".join(
+            f"{name}/{other} = {best[name] / best[other]:.2f}"
+            for name, other in (("mmssl", "open_clip"), ("mmssl", "bare"), ("open_clip", "bare"))
+            if name in best and other in best
+        )
+    )
     summary = ", ".join(f"{n} {s:.1f}" for n, s in speed.items())
     print(
         f"SUMMARY clip_step: samples/s {summary} | {', '.join(ratios)} | batch {b}, {threads} threads, "
