@@ -209,3 +209,35 @@ def test_label_relevance_and_pair_mode_needs_paired_rows() -> None:
         paired_values(Source([{"audio": "a"}, {"image": "i"}], origin="split"), "audio", "image")
     with pytest.raises(ValidationError):
         RetrievalOptions(name="retrieval", modalities=["audio", "image"], match="labels")
+
+
+def test_label_matching_merges_equal_strings_of_one_label() -> None:
+    """Templated captions: equal strings with equal labels are one query and one gallery item."""
+    rows = [
+        {"image": "i0", "text": "a seven", "label": 7},
+        {"image": "i1", "text": "a seven", "label": 7},
+        {"image": "i2", "text": "a one", "label": 1},
+        {"image": "i3", "text": "the digit one", "label": 1},
+    ]
+    basis = torch.eye(3)
+    table = {
+        "image": {"i0": basis[0], "i1": basis[0], "i2": basis[1], "i3": basis[2]},
+        "text": {"a seven": basis[0], "a one": basis[2], "the digit one": basis[1]},
+    }
+    model = LookupModel(table)
+    ctx = EvalContext(
+        model=model,
+        processors={"image": Identity(), "text": Identity()},
+        columns={"image": "image", "text": "text"},
+        load_split=lambda split: Source(rows, origin=split),
+        build_random_model=lambda: model,
+    )
+    kind = EVALUATORS.get("retrieval")
+    spec = {"name": "retrieval", "modalities": ["image", "text"], "match": "label", "ks": [1, 2]}
+    results = kind.run(kind.options.model_validate(spec), ctx)
+    assert results["retrieval_image2text_queries"] == 4 and results["retrieval_text2image_queries"] == 3
+    assert results["retrieval_image2text_r@1"] == 1.0 and results["retrieval_text2image_r@1"] == 1.0
+    # gallery of 3 texts, two of them "one": chance@1 for a seven is 1/3, for a one 2/3
+    assert results["retrieval_image2text_chance_r@1"] == pytest.approx((1 / 3 + 1 / 3 + 2 / 3 + 2 / 3) / 4)
+    every_row = kind.run(kind.options.model_validate({**spec, "unique_strings": False}), ctx)
+    assert every_row["retrieval_image2text_queries"] == 4 and every_row["retrieval_text2image_queries"] == 4

@@ -10,8 +10,10 @@ retrieving the other "one" for a recording of "one" is not an error, since nothi
 ``match: label``: the queries are the rows that have modality a, the gallery the rows that have modality b (no
 row needs both, so two modalities never seen together can be scored, e.g. audio and image bound through text),
 and a gallery item is relevant when its ``label`` equals the query's. Rows without a label (or with a negative
-one) are left out. The chance level is then per direction: the expected recall of a random ranking given the
-label counts.
+one) are left out. Rows whose raw value is the same string with the same label (templated captions, the word
+"seven" of every recording of it) are one item, as a query and in the gallery (``unique_strings``): otherwise
+the k nearest items of a query would be k copies of one text, and recall@5 would equal recall@1. The chance
+level is per direction: the expected recall of a random ranking given the label counts.
 """
 
 from __future__ import annotations
@@ -100,6 +102,21 @@ def label_relevance(labels_a: Any, labels_b: Any) -> Tensor:
     return torch.as_tensor(labels_a)[:, None] == torch.as_tensor(labels_b)[None, :]
 
 
+def unique_string_rows(values: list[Any], labels: Any) -> tuple[list[Any], list[int]]:
+    """Keep the first of the rows whose value is the same string with the same label; other values stay."""
+    seen: set[tuple[str, int]] = set()
+    out_values, out_labels = [], []
+    for value, label in zip(values, labels, strict=True):
+        key = _string_key(value)
+        if key is not None:
+            if (key, int(label)) in seen:
+                continue
+            seen.add((key, int(label)))
+        out_values.append(value)
+        out_labels.append(int(label))
+    return out_values, out_labels
+
+
 def paired_values(source: Source, column_a: str, column_b: str) -> tuple[list[Any], list[Any]]:
     """Raw values of the rows that have both columns."""
     values_a, values_b = [], []
@@ -128,6 +145,11 @@ class RetrievalOptions(EvalOptions):
         True,
         description="Also count as correct a retrieved row whose raw value of either modality is the same string "
         "as the query row's (e.g. an identical transcript); false: only the paired row.",
+    )
+    unique_strings: bool = Field(
+        True,
+        description="match: label: rows whose raw value is the same string with the same label are one query "
+        "and one gallery item (e.g. a caption template, the word of many recordings).",
     )
     baselines: list[Literal["random_init"]] = Field(
         default_factory=lambda: ["random_init"],
@@ -178,6 +200,9 @@ def run_retrieval(options: RetrievalOptions, ctx: EvalContext) -> dict[str, floa
     if options.match == "label":
         values_a, labels_a = labelled_values(source, ctx.columns[a])
         values_b, labels_b = labelled_values(source, ctx.columns[b])
+        if options.unique_strings:
+            values_a, labels_a = unique_string_rows(values_a, labels_a)
+            values_b, labels_b = unique_string_rows(values_b, labels_b)
         values = (values_a, values_b)
         relevant = label_relevance(labels_a, labels_b)
     else:
