@@ -4,7 +4,7 @@
 # Without apt, the quickstart can download Fashion-MNIST instead:
 #   make demo ARGS="data.train.download=true data.test.download=true"
 set -euo pipefail
-PACKAGES="dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en"
+PACKAGES="dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en espeak-ng"
 if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
   && [ -f /usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz ] \
   && [ -d /usr/share/asterisk/sounds/en ]; then
