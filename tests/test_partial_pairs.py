@@ -106,3 +106,22 @@ def test_two_processes_with_missing_pairs_match_one_process(tmp_path: Path) -> N
     assert report["no_audio_text_anywhere"]["audio_text_pairs"] == 0.0
     assert report["norm_ran"]["rank1_no_audio"] == [False, False]  # skipped on both ranks together
     assert report["norm_ran"]["fully_paired"] == [True, True]
+
+
+def test_pair_embeddings_have_one_dtype_under_autocast() -> None:
+    """Every process must gather one dtype, also the one without rows of a modality (no encoder output)."""
+    from mmssl.objectives.alignment import CLIPOptions, paired_embeddings
+
+    torch.set_default_dtype(torch.float32)
+    module = pp.build(with_norm=False, gather=False)
+    batch = batch_of([{pp.IM, pp.T}, {pp.T}])
+    for views in batch.inputs.values():
+        for rows in views.values():
+            rows.data = rows.data.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ctx = StepContext(module.model, batch, module.processors)
+        present = paired_embeddings(ctx, CLIPOptions(name="clip", modalities=("image", "text")))
+        absent = paired_embeddings(ctx, CLIPOptions(name="clip", modalities=("audio", "text")))
+    assert ctx.embed("image").dtype == torch.bfloat16  # what the encoder gives under autocast
+    assert [t.dtype for t in (*present, *absent)] == [torch.float32] * 4
+    assert [t.shape[0] for t in (*present, *absent)] == [1, 1, 0, 0]

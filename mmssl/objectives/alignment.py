@@ -49,11 +49,18 @@ class PairOptions(ObjectiveOptions):
 def paired_embeddings(ctx: StepContext, options: PairOptions) -> tuple[Tensor, Tensor]:
     """Shared-space embeddings of the rows that have both modalities. Shapes: -> ([P, E], [P, E]), P may be 0.
 
-    With P = 0 both are still attached to the parameters of both modalities (see ``StepContext.embed``).
+    With P = 0 both are still attached to the parameters of both modalities (see ``StepContext.embed``). Half
+    precision is raised to float32 (the similarity matmul still runs in the autocast dtype).
     """
     (a, b), (va, vb) = options.modalities, options.views
     ia, ib = ctx.paired_rows(a, b)
-    return ctx.embed(a, va)[ia], ctx.embed(b, vb)[ib]
+    return _at_least_float32(ctx.embed(a, va)[ia]), _at_least_float32(ctx.embed(b, vb)[ib])
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    """Half-precision embeddings (autocast) as float32, so that every process gathers one dtype: a process
+    without rows of a modality has no encoder output to take the autocast dtype from."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def gather_empty_rows(x: Tensor) -> Tensor:
