@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from mmssl.objectives.base import ModalityAbsent, StepContext
 
@@ -125,3 +127,46 @@ def test_pair_embeddings_have_one_dtype_under_autocast() -> None:
     assert ctx.embed("image").dtype == torch.bfloat16  # what the encoder gives under autocast
     assert [t.dtype for t in (*present, *absent)] == [torch.float32] * 4
     assert [t.shape[0] for t in (*present, *absent)] == [1, 1, 0, 0]
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_binding_recipe_trains_under_torchrun_with_absent_modalities(tmp_path: Path) -> None:
+    """`mmssl train` with two processes on the binding recipe, shrunk so that images are rare: steps where no
+    process, or only one, has an image; MAE on images is skipped on both processes together."""
+    from mmssl.recipe import load_yaml
+
+    tree = load_yaml(REPO / "recipes" / "binding" / "digits_image_audio_text.yaml")
+    voices = {"variants": ["", "f2"], "speeds": [160], "pitches": [40], "asterisk_digits": False}
+    tree["data"] = {
+        "train": {
+            "source": "concat",
+            "parts": [
+                {"source": "sklearn_digits", "split": "train", "limit": 2},
+                {"source": "spoken_digits", "split": "train", "voices": ["en-us"], "test_voices": [], **voices},
+            ],
+        },
+    }
+    tree["evaluations"] = []
+    tree["train"].update(steps=4, batch_size=5, warmup_steps=1, log_every=1, num_workers=0)
+    for modality in ("image", "audio", "text"):
+        tree["modalities"][modality]["options"]["depth"] = 1
+    tree["objectives"].append(
+        {"name": "mae", "modality": "image", "mask_ratio": 0.5, "decoder_width": 16, "decoder_depth": 1}
+    )
+    recipe = tmp_path / "binding.yaml"
+    recipe.write_text(yaml.safe_dump(tree, sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MMSSL_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(free_port()), "-m", "mmssl.cli", "train", str(recipe), "-o", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    output = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, output
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    image_pairs = [r["clip/pairs"] for r in records]  # mean over the two processes
+    assert 0.0 in image_pairs and 0.5 in image_pairs, image_pairs  # none anywhere; one process only
+    for record in records:
+        assert record["clip/pairs"] + record["clip2/pairs"] == 5  # every row is in one pair
+        if record["clip/pairs"] in (0.0, 0.5):  # a process without images: skipped on both
+            assert "mae/loss" not in record, record
+    assert any("mae/loss" in r for r in records), records  # both processes had an image (seed 0: step 3)
