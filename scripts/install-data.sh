@@ -7,7 +7,8 @@ set -euo pipefail
 PACKAGES="dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en espeak-ng"
 if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
   && [ -f /usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz ] \
-  && [ -d /usr/share/asterisk/sounds/en ]; then
+  && [ -d /usr/share/asterisk/sounds/en ] \
+  && command -v espeak-ng >/dev/null 2>&1; then
   exit 0
 fi
 if command -v apt-get >/dev/null 2>&1; then

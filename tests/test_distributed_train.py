@@ -4,49 +4,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 from safetensors.torch import load_file
+from torchrun import run_two_processes
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "recipes" / "tiny_image_text.yaml"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_training(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "mmssl.cli",
-        "train",
-        str(TINY),
-        "train.steps=3",
-        "--output",
-        str(out),
-        "--no-eval",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    output = f"stdout:\n{proc.stdout[-5000:]}\nstderr:\n{proc.stderr[-5000:]}"
-    assert proc.returncode == 0, output
+    code, output = run_two_processes(
+        ["-m", "mmssl.cli", "train", str(TINY), "train.steps=3", "--output", str(out), "--no-eval"]
+    )
+    assert code == 0, output
 
     assert (out / "model.safetensors").is_file(), output
     weights = load_file(str(out / "model.safetensors"))

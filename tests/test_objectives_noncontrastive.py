@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
+from torchrun import run_two_processes
 
 from mmssl.data.dataset import Batch
 from mmssl.model import JointEmbeddingModel
@@ -460,22 +457,9 @@ def test_byol_without_predictor_and_symmetric_loss() -> None:
 
 def test_two_process_full_batch_statistics(tmp_path: Path) -> None:
     """Barlow Twins / VICReg with gather on 3 + 5 rows, DDP-averaged == the single-process full batch; DINO center."""
-    repo = Path(__file__).resolve().parents[1]
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    cmd += [
-        "--master_port",
-        str(port),
-        str(repo / "tests" / "dist_scripts" / "noncontrastive_gather.py"),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=180)
-    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode == 0, output
+    script = Path(__file__).resolve().parent / "dist_scripts" / "noncontrastive_gather.py"
+    code, output = run_two_processes([str(script), str(tmp_path)], timeout=180)
+    assert code == 0, output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["failures"] == [], output
     for name in ("barlow_twins", "vicreg"):
