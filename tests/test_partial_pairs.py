@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from torchrun import run_two_processes
 
 from mmssl.objectives.base import ModalityAbsent, StepContext
 
@@ -22,12 +19,6 @@ SCRIPT = REPO / "tests" / "dist_scripts" / "partial_pairs.py"
 _spec = importlib.util.spec_from_file_location("partial_pairs", SCRIPT)
 pp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pp)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)
@@ -80,25 +71,8 @@ def test_objective_without_partial_support_is_skipped_when_its_modality_is_absen
 
 
 def test_two_processes_with_missing_pairs_match_one_process(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        str(SCRIPT),
-        str(tmp_path),
-    ]
-    # A process out of lock-step hangs in a collective (gloo), hence the timeout.
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
-    output = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 0, output
+    code, output = run_two_processes([str(SCRIPT), str(tmp_path)], timeout=150)
+    assert code == 0, output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["failures"] == [] and report["world_size"] == 2, output
     for name in pp.STEPS:
@@ -155,12 +129,12 @@ def test_binding_recipe_trains_under_torchrun_with_absent_modalities(tmp_path: P
     )
     recipe = tmp_path / "binding.yaml"
     recipe.write_text(yaml.safe_dump(tree, sort_keys=False))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MMSSL_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    cmd += ["--master_port", str(free_port()), "-m", "mmssl.cli", "train", str(recipe), "-o", str(tmp_path / "run")]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    output = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 0, output
+    code, output = run_two_processes(
+        ["-m", "mmssl.cli", "train", str(recipe), "-o", str(tmp_path / "run")],
+        timeout=240,
+        env={"MMSSL_CACHE": str(tmp_path / "cache")},
+    )
+    assert code == 0, output
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     image_pairs = [r["clip/pairs"] for r in records]  # mean over the two processes

@@ -17,17 +17,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(args: list[str], timeout: float = 300) -> tuple[int, str]:
+def run_two_processes(args: list[str], timeout: float = 300, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run ``torchrun --nproc_per_node 2 ARGS`` from the repository root.
 
     Args:
         args: A script path and its arguments, or ``["-m", module, ...]``.
-        timeout: Seconds before the launch is killed.
+        timeout: Seconds before the launch is killed (a process out of lock-step hangs in a collective).
+        env: Extra environment variables.
 
     Returns:
         The exit code and the tail of stdout and stderr, for assertion messages.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    extra = env or {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
     cmd += ["--master_port", str(free_port()), *args]
