@@ -419,3 +419,15 @@ def test_normalized_patch_targets_eps_and_constant_patch() -> None:
         torch.tensor([[[-1.0, 1.0]]], dtype=F64) / math.sqrt(2.0 + eps),
     )
     assert (normalized_patch_targets(torch.ones(1, 2, 1)) == 0).all()
+
+
+def test_zero_rows_give_zero_loss_attached_to_the_graph() -> None:
+    """A process without pairs (partially paired data) contributes 0, but still through the autograd graph."""
+    x = torch.zeros(0, 4, dtype=F64, requires_grad=True)
+    y = torch.zeros(0, 4, dtype=F64, requires_grad=True)
+    scale = torch.tensor(math.log(10.0), dtype=F64, requires_grad=True)
+    bias = torch.tensor(-1.0, dtype=F64, requires_grad=True)
+    for out in (clip_loss(x, y, scale), siglip_loss(x, y, scale, bias), info_nce(x, y, 0.1)):
+        assert out["loss"].item() == 0.0 and out["loss"].requires_grad
+        out["loss"].backward()
+    assert scale.grad is not None and scale.grad.item() == 0.0

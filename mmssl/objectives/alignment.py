@@ -2,8 +2,8 @@
 
 Partially paired data: only the rows that have both modalities are aligned, and a micro-batch may hold none of
 them on some process (or none of one modality at all). Such a process still takes part in the gathers the
-others make and contributes a zero loss (:func:`empty_clip_terms`, :func:`empty_siglip_terms` build the same
-graph as the losses of ``functional`` with zero local rows, so the collectives of the backward pass match too).
+others make and contributes a zero loss (the losses of ``functional`` accept zero local rows and keep them in
+the autograd graph, so the collectives of the backward pass match too).
 Several pair objectives over one hub modality (image-text, audio-text, ...) bind the modalities through it
 (ImageBind); see ``docs/binding.md``.
 """
@@ -13,15 +13,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from mmssl.data.dataset import CLEAN
 from mmssl.objectives.base import BuildInfo, ObjectiveOptions, StepContext, register_objective
-from mmssl.objectives.distributed import gather_with_grad, world_size
-from mmssl.objectives.functional import CLIP_MAX_LOGIT_SCALE, _mean, clip_loss, siglip_loss
+from mmssl.objectives.functional import clip_loss, siglip_loss
 
 
 class PairOptions(ObjectiveOptions):
@@ -63,52 +60,6 @@ def _at_least_float32(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def gather_empty_rows(x: Tensor) -> Tensor:
-    """What ``gather_rows`` gathers, called by a process that has no row: the same collectives (row counts,
-    then the padded rows with gradient), and also when no process has a row (``gather_rows`` needs one).
-
-    Shapes: x: [0, ...] -> [N, ...], all processes' rows in rank order.
-    """
-    if world_size() == 1:
-        return x
-    count = torch.zeros(1, device=x.device, dtype=torch.long)
-    counts = [torch.zeros_like(count) for _ in range(world_size())]
-    dist.all_gather(counts, count)
-    sizes = [int(c.item()) for c in counts]
-    padded = x.new_zeros((max(sizes), *x.shape[1:])) + x.sum()  # attached to x, as gather_rows' padding is
-    gathered = gather_with_grad(padded)
-    if not max(sizes):
-        return gathered
-    parts = gathered.split(max(sizes))
-    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
-
-
-def empty_clip_terms(x: Tensor, y: Tensor, logit_scale: Tensor, gather: bool) -> dict[str, Tensor]:
-    """``clip_loss`` for a process with no pairs: the same gathers and graph, loss 0 (its share of the global
-    mean), all terms 0. Shapes: x, y: [0, E]."""
-    scale = logit_scale.exp().clamp(max=CLIP_MAX_LOGIT_SCALE)
-    x_all, y_all = (gather_empty_rows(x), gather_empty_rows(y)) if gather else (x, y)
-    logits_x2y = scale * (x @ y_all.T)  # [0, N]
-    logits_y2x = scale * (y @ x_all.T)
-    labels = torch.zeros(0, dtype=torch.long, device=x.device)
-    loss_x2y = _mean(F.cross_entropy(logits_x2y, labels, reduction="none"), 0.0)
-    loss_y2x = _mean(F.cross_entropy(logits_y2x, labels, reduction="none"), 0.0)
-    loss = 0.5 * (loss_x2y + loss_y2x)
-    zero = loss.detach()
-    return {"loss": loss, "loss_x2y": zero, "loss_y2x": zero, "acc": zero, "scale": scale.detach()}
-
-
-def empty_siglip_terms(
-    x: Tensor, y: Tensor, logit_scale: Tensor, logit_bias: Tensor, gather: bool
-) -> dict[str, Tensor]:
-    """``siglip_loss`` for a process with no pairs: the same gather and graph, loss 0. Shapes: x, y: [0, E]."""
-    y_all = gather_empty_rows(y) if gather else y
-    logits = logit_scale.exp() * (x @ y_all.T) + logit_bias  # [0, N]
-    loss = -F.logsigmoid(logits).sum()
-    zero = loss.detach()
-    return {"loss": loss, "acc": zero, "pos_prob": zero, "neg_prob": zero}
-
-
 class CLIPOptions(PairOptions):
     init_temperature: float = Field(0.07, gt=0, description="Initial softmax temperature (learned).")
 
@@ -123,8 +74,7 @@ class CLIP(nn.Module):
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
         x, y = paired_embeddings(ctx, self.options)
-        loss = clip_loss if x.shape[0] else empty_clip_terms
-        terms = loss(x, y, self.logit_scale, gather=self.options.gather)
+        terms = clip_loss(x, y, self.logit_scale, gather=self.options.gather)
         terms["pairs"] = torch.tensor(float(x.shape[0]), device=x.device)
         terms["temperature"] = (1.0 / self.logit_scale.detach().exp()).clamp_min(0.01)
         return terms
@@ -146,8 +96,7 @@ class SigLIP(nn.Module):
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
         x, y = paired_embeddings(ctx, self.options)
-        loss = siglip_loss if x.shape[0] else empty_siglip_terms
-        terms = loss(x, y, self.logit_scale, self.logit_bias, gather=self.options.gather)
+        terms = siglip_loss(x, y, self.logit_scale, self.logit_bias, gather=self.options.gather)
         terms["pairs"] = torch.tensor(float(x.shape[0]), device=x.device)
         return terms
 

@@ -81,7 +81,8 @@ def gather_rows(x: Tensor) -> tuple[Tensor, int, float]:
         counts differ (``weight`` is 1 when they are equal).
 
     Shapes:
-        x: ``[n, ...]``, ``n`` may differ between processes (and may be 0).
+        x: ``[n, ...]``, ``n`` may differ between processes and may be 0 (a process without pairs still
+        takes part in the collectives; its padding keeps it in the autograd graph for the backward ones).
     """
     ws = world_size()
     if ws == 1:
@@ -91,6 +92,8 @@ def gather_rows(x: Tensor) -> tuple[Tensor, int, float]:
     dist.all_gather(counts, count)
     sizes = [int(c.item()) for c in counts]
     total = sum(sizes)
+    if total == 0:  # every process agrees there is nothing to gather
+        return x, 0, 0.0
     pad = max(sizes) - x.shape[0]
     padded = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
     parts = gather_with_grad(padded).split(max(sizes))

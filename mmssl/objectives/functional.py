@@ -35,8 +35,6 @@ CLIP_MAX_LOGIT_SCALE = 100.0
 def _check_pair(a: Tensor, b: Tensor, names: str) -> None:
     if a.dim() != 2 or a.shape != b.shape:
         raise ValueError(f"{names} must both be [n, d] with equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.shape[0] == 0:
-        raise ValueError(f"{names} must have at least one row")
 
 
 def _gather_pair(a: Tensor, b: Tensor, gather: bool) -> tuple[Tensor, Tensor, int, float]:
@@ -51,6 +49,13 @@ def _gather_pair(a: Tensor, b: Tensor, gather: bool) -> tuple[Tensor, Tensor, in
 def _mean(values: Tensor, weight: float) -> Tensor:
     """``weight`` times the mean of ``values`` (0 for an empty tensor, e.g. a process without pairs)."""
     return values.sum() * (weight / max(values.numel(), 1))
+
+
+def _top1(logits: Tensor, labels: Tensor) -> Tensor:
+    """Share of rows whose label has the largest logit (0 without rows). Shapes: [n, N], [n] -> []."""
+    if logits.numel() == 0:
+        return logits.new_zeros(())
+    return (logits.argmax(1) == labels).float().mean()
 
 
 def info_nce(z_a: Tensor, z_b: Tensor, temperature: float, gather: bool = False) -> dict[str, Tensor]:
@@ -97,7 +102,7 @@ def info_nce(z_a: Tensor, z_b: Tensor, temperature: float, gather: bool = False)
 
     loss = _mean(F.cross_entropy(logits, pos_idx, reduction="none"), weight)
     with torch.no_grad():
-        acc = _mean((logits.argmax(dim=1) == pos_idx).float(), 1.0)
+        acc = _top1(logits, pos_idx)
     return {"loss": loss, "acc": acc}
 
 
@@ -137,9 +142,7 @@ def clip_loss(x: Tensor, y: Tensor, logit_scale: Tensor, gather: bool = False) -
     loss_y2x = _mean(F.cross_entropy(logits_y2x, labels, reduction="none"), weight)
     loss = 0.5 * (loss_x2y + loss_y2x)
     with torch.no_grad():
-        acc = 0.5 * (
-            _mean((logits_x2y.argmax(1) == labels).float(), 1.0) + _mean((logits_y2x.argmax(1) == labels).float(), 1.0)
-        )
+        acc = 0.5 * (_top1(logits_x2y, labels) + _top1(logits_y2x, labels))
     return {
         "loss": loss,
         "loss_x2y": loss_x2y.detach(),
@@ -187,7 +190,7 @@ def siglip_loss(
     loss = -F.logsigmoid(signs * logits).sum() * (weight / max(n, 1))
     with torch.no_grad():
         probs = logits.sigmoid()
-        acc = _mean((logits.argmax(1) == labels).float(), 1.0)
+        acc = _top1(logits, labels)
         pos_prob = _mean(probs[positive], 1.0)
         n_neg = positive.numel() - n
         neg_prob = probs.masked_fill(positive, 0).sum() / max(n_neg, 1)
