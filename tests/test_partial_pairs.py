@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from mmssl.objectives.base import ModalityAbsent, StepContext
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tests" / "dist_scripts" / "partial_pairs.py"
+sys.path.insert(0, str(SCRIPT.parent))  # as when the script runs: its helpers (dist_common) sit beside it
 _spec = importlib.util.spec_from_file_location("partial_pairs", SCRIPT)
 pp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pp)

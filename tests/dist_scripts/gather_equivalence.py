@@ -12,15 +12,14 @@ Rank 0 writes ``report.json`` to OUT_DIR and exits non-zero if a check fails.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from dist_common import exit_without_teardown, publish_report
 from torch import nn
 
 from mmssl.objectives import distributed as dist_mod
@@ -55,10 +54,7 @@ def compute_loss(model: Towers, name: str, xa: torch.Tensor, xb: torch.Tensor, g
 
 
 def grads(model: Towers) -> dict[str, torch.Tensor]:
-    return {
-        k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-        for k, p in model.named_parameters()
-    }
+    return {k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for k, p in model.named_parameters()}
 
 
 def ddp_step(
@@ -83,9 +79,7 @@ def ddp_step(
     return (loss_t / world_size()).item(), g
 
 
-def reference(
-    model: Towers, name: str, xa: torch.Tensor, xb: torch.Tensor
-) -> tuple[float, dict[str, torch.Tensor]]:
+def reference(model: Towers, name: str, xa: torch.Tensor, xb: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     loss = compute_loss(model, name, xa, xb, gather=False)
     loss.backward()
@@ -169,20 +163,8 @@ def main() -> int:
     finally:
         dist_mod.gather_with_grad = original
 
-    if rank() == 0:
-        report["failures"] = failures
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-        print(json.dumps(report, indent=2))
-    dist.barrier()
-    dist.destroy_process_group()
-    return 1 if failures else 0
+    return publish_report(out_dir, report, failures, rank() == 0)
 
 
 if __name__ == "__main__":
-    code = main()
-    # Leave without interpreter teardown: gloo's threads can abort the process while C++ objects are destroyed
-    # ("terminate called without an active exception") after every check has already passed.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code or 0)
+    exit_without_teardown(main())

@@ -11,12 +11,12 @@ equal the one over all 8 rows. Rank 0 writes ``report.json``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from dist_common import exit_without_teardown
 from torch import nn
 
 from mmssl.objectives.noncontrastive import barlow_twins_loss, dino_center_update, vicreg_loss
@@ -79,9 +79,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    code = main(Path(sys.argv[1]))
-    # Leave without interpreter teardown: gloo's threads can abort the process while C++ objects are destroyed
-    # ("terminate called without an active exception") after every check has already passed.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code or 0)
+    exit_without_teardown(main(Path(sys.argv[1])))

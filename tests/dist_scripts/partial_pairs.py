@@ -15,14 +15,13 @@ Rank 0 writes ``report.json``; the exit code is non-zero when a check fails.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from dist_common import exit_without_teardown, publish_report
 from pydantic import Field
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -188,20 +187,8 @@ def main() -> int:
         if any(ran[name] != [expected[name]] * world for name in STEPS):
             failures.append("norm_skipping")
 
-    if rank == 0:
-        report["failures"] = failures
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-        print(json.dumps(report, indent=2))
-    dist.barrier()
-    dist.destroy_process_group()
-    return 1 if failures else 0
+    return publish_report(out_dir, report, failures, rank == 0)
 
 
 if __name__ == "__main__":
-    code = main()
-    # Leave without interpreter teardown: gloo's threads can abort the process while C++ objects are destroyed
-    # ("terminate called without an active exception") after every check has already passed.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code or 0)
+    exit_without_teardown(main())
