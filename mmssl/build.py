@@ -5,6 +5,7 @@ This is the one place recipe sections become objects; modules never read the rec
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from mmssl.objectives.base import BuildInfo, ObjectiveOptions, ObjectiveType, ob
 from mmssl.plugins import PluginError, get_modality, load_entry_points, load_plugin_file
 from mmssl.recipe import Recipe, RecipeError, pydantic_errors
 from mmssl.registry import RegistryError
+from mmssl.released import Released, ReleasedError, load_released
+from mmssl.released.adapt import apply_training_mode
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Plan:
     sources: dict[str, tuple[SourceType, BaseModel]] = field(default_factory=dict)
     objectives: list[tuple[str, ObjectiveType, ObjectiveOptions]] = field(default_factory=list)
     evaluations: list[tuple[EvaluatorType, BaseModel]] = field(default_factory=list)
+    released: dict[str, Released] = field(default_factory=dict)
 
     def views(self) -> dict[str, list[str]]:
         """modality -> the views training needs (always at least the clean one)."""
@@ -138,8 +142,35 @@ def _corpus(source: Source, column: str) -> Iterator[Any]:
             yield value
 
 
+def prepare_released(plan: Plan) -> None:
+    """Load each released encoder the recipe names (once) and let its plugin adopt the encoder's preprocessing.
+
+    Raises:
+        RecipeError: A plugin cannot feed released encoders, or an encoder cannot be loaded; the key is named.
+    """
+    errors: list[tuple[str, str]] = []
+    for modality, spec in plan.recipe.modalities.items():
+        if spec.encoder is None or modality in plan.released:
+            continue
+        plugin = plan.plugins[modality]
+        path = f"modalities.{modality}.encoder"
+        if plugin.adopt is None:
+            errors.append((path, f"modality plugin {plugin.name!r} cannot feed released encoders (it has no `adopt`)"))
+            continue
+        try:
+            released = load_released(spec.encoder, plan.recipe.base_dir)
+            plan.modality_options[modality] = plugin.adopt(plan.modality_options[modality], released.preprocessing)
+        except (ReleasedError, RegistryError, ValueError) as err:
+            errors.append((path, str(err)))
+            continue
+        plan.released[modality] = released
+    if errors:
+        raise RecipeError("<recipe>", errors)
+
+
 def build_processors(plan: Plan, train: Source) -> dict[str, Processor]:
     """Fit each modality's processor on the training split's column."""
+    prepare_released(plan)
     out = {}
     for modality, plugin in plan.plugins.items():
         column = plan.recipe.column_of(modality)
@@ -159,15 +190,26 @@ def save_processors(processors: dict[str, Processor], directory: Path) -> None:
 
 
 def load_processors(plan: Plan, directory: Path) -> dict[str, Processor]:
+    prepare_released(plan)
     return {m: plugin.load_processor(plan.modality_options[m], directory / m) for m, plugin in plan.plugins.items()}
 
 
+def build_encoder(plan: Plan, modality: str, processor: Processor) -> nn.Module:
+    """The plugin's own encoder, or a fresh copy of the released one set up to train as the recipe asks."""
+    spec = plan.recipe.modalities[modality].encoder
+    if spec is None:
+        plugin = plan.plugins[modality]
+        return check_is_module(plugin.build_encoder(plan.modality_options[modality], processor), plugin.name)
+    prepare_released(plan)
+    encoder = copy.deepcopy(plan.released[modality].encoder)
+    apply_training_mode(encoder, spec.train, spec.lora, where=f"modalities.{modality}.encoder")
+    return encoder
+
+
 def build_model(plan: Plan, processors: dict[str, Processor]) -> JointEmbeddingModel:
-    encoders = {
-        m: check_is_module(p.build_encoder(plan.modality_options[m], processors[m]), p.name)
-        for m, p in plan.plugins.items()
-    }
-    return JointEmbeddingModel(encoders, plan.recipe.model.embed_dim)
+    encoders = {m: build_encoder(plan, m, processors[m]) for m in plan.plugins}
+    identity = {m for m, spec in plan.recipe.modalities.items() if spec.projection == "identity"}
+    return JointEmbeddingModel(encoders, plan.recipe.model.embed_dim, identity)
 
 
 def probe_batches(

@@ -156,6 +156,8 @@ class ModalityPlugin:
             processors can fit statistics or train a tokenizer.
         load_processor: ``(options, directory) -> Processor`` from what ``Processor.save`` wrote.
         build_encoder: ``(options, processor) -> Encoder`` (an ``nn.Module``).
+        adopt: ``(options, Preprocessing) -> options`` set up for a released encoder's inputs (tokenizer, image
+            size, mean/std, sample rate, ...); None when the plugin cannot feed released encoders.
     """
 
     name: str
@@ -165,6 +167,7 @@ class ModalityPlugin:
     build_processor: Any
     load_processor: Any
     build_encoder: Any
+    adopt: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def parse_options(self, raw: dict[str, Any] | None) -> BaseModel:

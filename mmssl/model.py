@@ -21,15 +21,27 @@ class JointEmbeddingModel(nn.Module):
     Args:
         encoders: modality -> encoder module (``ModalityBatch -> EncoderOutput``) with a ``width`` attribute.
         embed_dim: Width E of the shared space.
+        identity: Modalities whose encoder already ends in the shared space (no projection; width must be E).
     """
 
-    def __init__(self, encoders: dict[str, nn.Module], embed_dim: int) -> None:
+    def __init__(
+        self, encoders: dict[str, nn.Module], embed_dim: int, identity: frozenset[str] | set[str] = frozenset()
+    ) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
-        self.projections = nn.ModuleDict({m: nn.Linear(e.width, embed_dim, bias=False) for m, e in encoders.items()})
+        self.projections = nn.ModuleDict()
+        for m, encoder in encoders.items():
+            if m in identity:
+                if encoder.width != embed_dim:
+                    raise ValueError(
+                        f"modalities.{m}.projection is identity, but the encoder width {encoder.width} is not "
+                        f"model.embed_dim {embed_dim}"
+                    )
+                self.projections[m] = nn.Identity()
+            else:
+                self.projections[m] = nn.Linear(encoder.width, embed_dim, bias=False)
+                nn.init.normal_(self.projections[m].weight, std=encoder.width**-0.5)
         self.embed_dim = embed_dim
-        for proj in self.projections.values():
-            nn.init.normal_(proj.weight, std=proj.in_features**-0.5)
 
     def encode(self, modality: str, batch: ModalityBatch) -> EncoderOutput:
         return self.encoders[modality](batch)

@@ -11,17 +11,80 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LoraSpec(Strict):
+    """Low-rank adaptation through ``peft`` (``modalities.<m>.encoder.lora``)."""
+
+    r: int = Field(8, ge=1, description="Rank of the low-rank update.")
+    alpha: float = Field(16.0, gt=0, description="Scale of the update is alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        min_length=1, description="Names (or name suffixes) of the linear layers that get LoRA, e.g. [query, value]."
+    )
+    unfreeze_last_blocks: int = Field(
+        0, ge=0, description="Also train the last N transformer blocks in full (ExPLoRA-style); 0 trains LoRA only."
+    )
+
+
+class EncoderSpec(Strict):
+    """A released encoder to start from (``modalities.<m>.encoder``), instead of the plugin's own."""
+
+    library: Literal["transformers", "open_clip", "timm"] = Field(description="Which library's format to load.")
+    path: str | None = Field(
+        None,
+        description=(
+            "transformers: a model folder or hub id; open_clip / timm: a checkpoint file (.safetensors, or a "
+            "torch file read with weights_only=True). `package:NAME[/sub/path]` names a folder inside an installed "
+            "Python package. Relative paths are resolved against the recipe's folder."
+        ),
+    )
+    model: str | None = Field(
+        None, description="open_clip / timm architecture name (e.g. ViT-B-32, vit_small_patch16_224)."
+    )
+    pretrained: str | None = Field(None, description="open_clip pretrained tag (needs internet), instead of `path`.")
+    tower: Literal["image", "text"] | None = Field(None, description="open_clip: which tower encodes this modality.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments of the model factory.")
+    pooling: Literal["default", "mean", "cls"] = Field(
+        "default", description="Pooled embedding: the library's usual one (default), mean of tokens or first token."
+    )
+    train: Literal["full", "frozen", "lora"] = Field(
+        "full", description="full: every weight trains; frozen: encoder fixed (LiT-style); lora: `lora` adapters."
+    )
+    lora: LoraSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> EncoderSpec:
+        if self.train == "lora" and self.lora is None:
+            raise ValueError("train: lora needs a `lora` section (r, alpha, target_modules)")
+        if self.train != "lora" and self.lora is not None:
+            raise ValueError(f"`lora` is given but train is {self.train!r}; set train: lora")
+        if self.library in ("open_clip", "timm") and not self.model:
+            raise ValueError(f"library {self.library} needs `model` (the architecture name)")
+        if self.library == "open_clip" and self.tower is None:
+            raise ValueError("library open_clip needs `tower`: image or text")
+        if self.path is None and self.pretrained is None:
+            raise ValueError("give `path` (a folder, file or hub id) or, for open_clip, `pretrained`")
+        return self
+
+
 class ModalitySpec(Strict):
     plugin: str | None = Field(None, description="Registered modality plugin; default: the modality's own key.")
     column: str | None = Field(None, description="Data column holding this modality; default: the modality's key.")
     options: dict[str, Any] = Field(default_factory=dict, description="The plugin's own options.")
+    encoder: EncoderSpec | None = Field(None, description="Start from a released encoder instead of the plugin's own.")
+    projection: Literal["linear", "identity"] = Field(
+        "linear",
+        description=(
+            "Map from the encoder's pooled width to the shared space: a learned linear layer, or identity "
+            "(the encoder already ends in the shared space, e.g. an open_clip tower; needs width == embed_dim)."
+        ),
+    )
 
 
 class ModelSpec(Strict):
@@ -52,6 +115,15 @@ class TrainSpec(Strict):
         0, ge=0, description="Every N steps log label-free collapse monitors (RankMe, uniformity, std); 0: off."
     )
     monitor_rows: int = Field(512, ge=2, description="Held training rows (clean view) the monitors embed.")
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=(
+            "Layer-wise learning-rate decay: block i of L gets lr * layer_decay ** (L - i), the input stem "
+            "lr * layer_decay ** (L + 1); heads and projections the full lr. null: one lr for all."
+        ),
+    )
 
 
 class Recipe(Strict):

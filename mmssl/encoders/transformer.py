@@ -160,6 +160,10 @@ class TransformerEncoder(nn.Module):
             outputs.append(x[:, start:])
         return outputs
 
+    def layer_stack(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """``(stem, blocks)``: the token embedder, and the blocks from input to output (layer-wise lr decay)."""
+        return [self.embedder], list(self.transformer.blocks)
+
 
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):

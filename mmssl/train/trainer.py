@@ -33,6 +33,7 @@ from mmssl.data.dataset import Collator, ViewDataset
 from mmssl.data.sampler import ResumableBatchSampler
 from mmssl.eval.monitors import TrainingMonitor
 from mmssl.recipe import dump_recipe
+from mmssl.released.adapt import count_parameters
 from mmssl.train import checkpoint as ckpt
 from mmssl.train.metrics import MetricLogger
 from mmssl.train.optim import build_optimizer
@@ -97,7 +98,13 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
 
     model = build_model(plan, processors)
     module = build_train_module(plan, model, processors, probe_batches(plan, processors, train_source))
-    optimizer = build_optimizer(module, spec.lr, spec.weight_decay, spec.betas)
+    optimizer = build_optimizer(
+        module, spec.lr, spec.weight_decay, spec.betas, spec.layer_decay, model.encoders.values()
+    )
+    counts = {m: count_parameters(e) for m, e in model.encoders.items()} | {"all": count_parameters(module)}
+    if accelerator.is_main_process:
+        ckpt.atomic_write_text(output / "parameters.json", json.dumps(counts, indent=2) + "\n")
+    accelerator.print(f"parameters: {counts['all']['trainable']:,} trainable of {counts['all']['total']:,}")
     schedule = lr_multiplier(spec.schedule, spec.steps, spec.warmup_steps, spec.decay_fraction, spec.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     module, optimizer = accelerator.prepare(module, optimizer)
@@ -193,7 +200,10 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
         bar.close()
         logger.close()
     if accelerator.is_main_process:
-        ckpt.save_weights(accelerator.unwrap_model(module).model, output / "model.safetensors")
+        trained = accelerator.unwrap_model(module)
+        ckpt.save_weights(trained.model, output / "model.safetensors")
+        # Objective heads (temperatures, predictors, decoders): exporters read e.g. CLIP's logit scale from here.
+        ckpt.save_weights(trained.objectives, output / "objectives.safetensors")
     accelerator.wait_for_everyone()
     return TrainResult(output, step, finished=True)
 

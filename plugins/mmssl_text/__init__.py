@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mmssl.modality import Capabilities, ModalityPlugin
+from mmssl_text.adopt import adopt
 from mmssl_text.encoder import TokenEmbedder, build_encoder
 from mmssl_text.options import TextOptions
 from mmssl_text.processor import TextProcessor, build_processor, decode_text, load_processor
@@ -16,6 +17,7 @@ plugin = ModalityPlugin(
     build_processor=build_processor,
     load_processor=load_processor,
     build_encoder=build_encoder,
+    adopt=adopt,
 )
 
 __all__ = [

@@ -1,0 +1,97 @@
+"""The model card (README.md) every export carries: training data, objectives, preprocessing, how to load."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+
+def _data_lines(recipe: Any) -> list[str]:
+    lines = []
+    for split, entry in recipe.data.items():
+        details = ", ".join(f"{k}={v}" for k, v in entry.items() if k != "source")
+        lines.append(f"- `{split}`: source `{entry.get('source')}`" + (f" ({details})" if details else ""))
+    return lines
+
+
+def _encoder_lines(recipe: Any) -> list[str]:
+    lines = []
+    for modality, spec in recipe.modalities.items():
+        if spec.encoder is None:
+            lines.append(f"- `{modality}`: mmssl's own `{spec.plugin or modality}` encoder, trained from scratch")
+            continue
+        enc = spec.encoder
+        start = enc.path or enc.pretrained
+        how = {"full": "all weights trained", "frozen": "frozen (LiT-style)", "lora": "LoRA adapters, merged"}
+        lines.append(f"- `{modality}`: started from {enc.library} `{enc.model or ''}` `{start}`; {how[enc.train]}")
+    return lines
+
+
+def model_card(
+    recipe: Any,
+    export_format: str,
+    preprocessing: dict[str, Any],
+    load_snippet: str,
+    evaluation: dict[str, float] | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> str:
+    """Markdown text of a model card.
+
+    Args:
+        recipe: The run's ``Recipe``.
+        export_format: ``safetensors``, ``hf`` or ``open_clip``.
+        preprocessing: modality -> what its inputs need (sizes, mean/std, tokenizer, sample rate, ...).
+        load_snippet: Python code that loads the export without mmssl.
+        evaluation: The run's ``eval.json``, if any.
+        parameters: The run's ``parameters.json``, if any.
+    """
+    objectives = [f"- `{o.get('name')}`" + _objective_details(o) for o in recipe.objectives]
+    parts = [
+        "---",
+        yaml.safe_dump({"library_name": _library(export_format), "tags": ["mmssl", "self-supervised"]}).strip(),
+        "---",
+        "",
+        f"# {recipe.name}",
+        "",
+        recipe.description.strip() or "Trained with mmssl.",
+        "",
+        f"Exported by `mmssl export --format {export_format}`.",
+        "",
+        "## Training data",
+        *_data_lines(recipe),
+        "",
+        "## Encoders",
+        *_encoder_lines(recipe),
+        "",
+        "## Objectives",
+        *objectives,
+        f"- {recipe.train.steps} steps of batch {recipe.train.batch_size} x {recipe.train.grad_accum} accumulation, "
+        f"peak lr {recipe.train.lr}, schedule {recipe.train.schedule}, seed {recipe.seed}",
+        "",
+        "## Preprocessing",
+        "```json",
+        json.dumps(preprocessing, indent=2, sort_keys=True),
+        "```",
+        "",
+        "## How to load",
+        "```python",
+        load_snippet.strip(),
+        "```",
+    ]
+    if parameters:
+        parts += ["", "## Parameters", "```json", json.dumps(parameters, indent=2), "```"]
+    if evaluation:
+        parts += ["", "## Evaluation (eval.json of the run)", "| metric | value |", "| --- | --- |"]
+        parts += [f"| {k} | {v:.4f} |" for k, v in sorted(evaluation.items())]
+    return "\n".join(parts) + "\n"
+
+
+def _objective_details(entry: dict[str, Any]) -> str:
+    rest = {k: v for k, v in entry.items() if k != "name"}
+    return f" ({', '.join(f'{k}={v}' for k, v in rest.items())})" if rest else ""
+
+
+def _library(export_format: str) -> str:
+    return {"hf": "transformers", "open_clip": "open_clip"}.get(export_format, "safetensors")

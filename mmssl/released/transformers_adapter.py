@@ -1,0 +1,135 @@
+"""Hugging Face transformers encoders: any ``AutoModel`` folder or hub id, read from safetensors only.
+
+The architecture picks the input: text models (BERT-like) read the text plugin's token ids, vision models
+(ViT-like) pixels, and audio models waveforms (wav2vec2 / HuBERT) or log-mel spectrograms (AST).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmssl.modality import EncoderOutput, ModalityBatch
+from mmssl.released.base import ADAPTERS, Preprocessing, Released, ReleasedError, resolve_path
+
+
+def masked_mean(tokens: Tensor, padding: Tensor | None) -> Tensor:
+    """Mean of the non-padding tokens. Shapes: tokens [B, N, D], padding [B, N] bool (True = pad) -> [B, D]."""
+    if padding is None:
+        return tokens.mean(1)
+    weight = (~padding).to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+
+
+def refuse_keep(batch: ModalityBatch, what: str) -> None:
+    if batch.keep is not None:
+        raise ReleasedError(
+            f"{what} sees every token and cannot drop hidden ones (MAE-style `keep`); use an objective that "
+            "replaces masked tokens (mlm), or the plugin's own encoder"
+        )
+
+
+def find_blocks(model: nn.Module, count: int) -> list[nn.Module]:
+    """The first ``nn.ModuleList`` of ``count`` modules: the transformer blocks of most Hugging Face models."""
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return list(module)
+    return []
+
+
+class HFTextEncoder(nn.Module):
+    """A transformers text model (BERT-like) reading the text plugin's ``{"ids"}`` batches.
+
+    Args:
+        model: An ``AutoModel``.
+        pooling: ``mean`` of the non-padding tokens (sentence-transformers) or ``cls`` (first token).
+    """
+
+    def __init__(self, model: nn.Module, pooling: str) -> None:
+        super().__init__()
+        self.model = model
+        self.width = int(model.config.hidden_size)
+        self.pooling = pooling
+
+    def forward(self, batch: ModalityBatch) -> EncoderOutput:
+        """Shapes: ids [B, L] -> tokens [B, L, D] (every position, special tokens included), pooled [B, D]."""
+        refuse_keep(batch, "a transformers text encoder")
+        ids: Tensor = batch.data["ids"]
+        padding = batch.padding_mask
+        attention = torch.ones_like(ids) if padding is None else (~padding).long()
+        tokens = self.model(input_ids=ids, attention_mask=attention).last_hidden_state
+        pooled = tokens[:, 0] if self.pooling == "cls" else masked_mean(tokens, padding)
+        return EncoderOutput(tokens=tokens, pooled=pooled, padding_mask=padding)
+
+    def layer_stack(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        stem = [self.model.get_input_embeddings()]
+        embeddings = getattr(self.model, "embeddings", None)
+        return ([embeddings] if embeddings is not None else stem), find_blocks(
+            self.model, self.model.config.num_hidden_layers
+        )
+
+
+def modality_of(config: Any) -> str:
+    """``text``, ``vision`` or ``audio`` from a transformers config (by the fields the architecture has)."""
+    if hasattr(config, "num_channels") and hasattr(config, "image_size"):
+        return "vision"
+    if hasattr(config, "conv_dim") or hasattr(config, "num_mel_bins"):
+        return "audio"
+    if hasattr(config, "vocab_size"):
+        return "text"
+    raise ReleasedError(f"cannot tell the input of transformers model type {config.model_type!r}")
+
+
+def tokenizer_folder(path: str) -> str:
+    """A folder holding the model's fast ``tokenizer.json`` (written to a temporary folder when missing)."""
+    if (Path(path) / "tokenizer.json").is_file():
+        return path
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as err:  # transformers raises OSError/ValueError subclasses that vary by version
+        raise ReleasedError(f"encoder.path {path!r}: no tokenizer could be loaded: {err}") from err
+    if not tokenizer.is_fast:
+        raise ReleasedError(f"encoder.path {path!r}: its tokenizer has no fast (tokenizer.json) version")
+    folder = tempfile.mkdtemp(prefix="mmssl-tokenizer-")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def load_auto_model(path: str) -> nn.Module:
+    """``AutoModel.from_pretrained`` from safetensors weights only (never unpickles)."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(path, use_safetensors=True)
+    except Exception as err:  # missing folder, no safetensors file, offline hub id, unknown architecture
+        raise ReleasedError(f"encoder.path {path!r}: transformers could not load a safetensors model: {err}") from err
+
+
+@ADAPTERS.register("transformers")
+def load_transformers(spec: Any, base_dir: Path) -> Released:
+    """Load ``spec.path`` with ``AutoModel`` and wrap it for its modality."""
+    path = resolve_path(spec.path, base_dir)
+    model = load_auto_model(path)
+    kind = modality_of(model.config)
+    export = {"path": path, "model_type": model.config.model_type}
+    if kind == "text":
+        pooling = "mean" if spec.pooling == "default" else spec.pooling
+        preprocessing = Preprocessing(
+            input="tokens",
+            tokenizer=tokenizer_folder(path),
+            max_length=int(getattr(model.config, "max_position_embeddings", 512)),
+        )
+        return Released(HFTextEncoder(model, pooling), preprocessing, "transformers", {**export, "pooling": pooling})
+    if kind == "vision":
+        from mmssl.released.hf_vision import vision_encoder
+
+        return vision_encoder(model, path, spec, export)
+    from mmssl.released.hf_audio import audio_encoder
+
+    return audio_encoder(model, path, spec, export)
