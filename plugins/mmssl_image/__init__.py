@@ -6,6 +6,7 @@ Registered through the ``mmssl.modalities`` entry point ``image = "mmssl_image:p
 from __future__ import annotations
 
 from mmssl.modality import Capabilities, ModalityPlugin
+from mmssl_image.adopt import adopt
 from mmssl_image.decode import decode_image
 from mmssl_image.encoder import PatchEmbedder, build_encoder
 from mmssl_image.options import ImageOptions
@@ -20,6 +21,7 @@ plugin = ModalityPlugin(
     build_processor=build_processor,
     load_processor=load_processor,
     build_encoder=build_encoder,
+    adopt=adopt,
     extras={"patchify": patchify, "unpatchify": unpatchify},
 )
 
