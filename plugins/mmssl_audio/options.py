@@ -18,6 +18,12 @@ class AudioOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Decoding and features.
+    features: Literal["log_mel", "waveform"] = Field(
+        "log_mel",
+        description="Encoder input: normalised log-mel spectrograms (patches; the plugin's encoder, AST) or raw "
+        "waveforms [B, S] with a sample padding mask (released wav2vec2/HuBERT-like encoders only; no masking "
+        "objectives, no SpecAugment).",
+    )
     sample_rate: int = Field(
         16000, gt=0, description="Sample rate in Hz everything is resampled to; arrays are taken to be at this rate."
     )

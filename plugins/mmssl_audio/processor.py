@@ -25,14 +25,16 @@ from mmssl_audio.patches import patchify, token_padding, zero_padding
 STATE_FILE = "audio.json"
 _STATE_VERSION = 1
 #: Options the saved statistics depend on; ``load_processor`` refuses options that differ in them.
-_FEATURE_KEYS = ("sample_rate", "n_mels", "win_ms", "hop_ms", "f_min", "f_max")
+_FEATURE_KEYS = ("features", "sample_rate", "n_mels", "win_ms", "hop_ms", "f_min", "f_max")
 
 
 class AudioProcessor:
     """Turns raw audio values into normalised log-mel spectrograms, random views, batches and masked inputs.
 
     Samples are: decoded = mono waveform [S] at ``sample_rate``; prepared / augmented = normalised log-mel
-    [n_mels, T] with T <= ``max_frames``.
+    [n_mels, T] with T <= ``max_frames`` or, with ``features: waveform``, the waveform [S'] itself with
+    S' <= ``max_samples`` (for released waveform encoders, which normalise it themselves; ``mean``/``std`` are
+    then unused).
 
     Args:
         options: The modality's options.
@@ -65,6 +67,8 @@ class AudioProcessor:
             sample: [S] decoded -> [n_mels, min(frames, max_frames)]
         """
         wave = self._check(sample)[: self.options.max_samples]
+        if self.waveform:
+            return wave
         return self.normalize(self.log_mel(wave))
 
     def augment(self, sample: Tensor, rng: np.random.Generator) -> Tensor:
@@ -76,6 +80,8 @@ class AudioProcessor:
             sample: [S] decoded -> [n_mels, T] with T <= max_frames
         """
         wave = random_wave(self._check(sample), self.options, rng)
+        if self.waveform:
+            return wave
         return spec_augment(self.normalize(self.log_mel(wave)), self.options, rng)
 
     def collate(self, samples: list[Tensor]) -> ModalityBatch:
@@ -91,6 +97,8 @@ class AudioProcessor:
             samples: B x [n_mels, T_b] -> mel [B, 1, n_mels, T], lengths [B] long (T_b),
             padding [B, (T / patch_time) * (n_mels / patch_freq)] bool, T = ceil(max T_b / patch_time) * patch_time
         """
+        if self.waveform:
+            return self._collate_waves(samples)
         if not samples:
             raise ValueError("cannot collate an empty list of spectrograms")
         o = self.options
@@ -125,6 +133,11 @@ class AudioProcessor:
             keep: [B, K]; mask: [B, N] (True = hidden real token); target: [B, N, patch_freq * patch_time],
             with N = (T / patch_time) * (n_mels / patch_freq) and K = round(N * (1 - ratio)).
         """
+        if self.waveform:
+            raise ValueError(
+                "masked objectives (mae, data2vec, ...) hide spectrogram patches, but modalities.<audio>.options."
+                "features is waveform; use features: log_mel, or an objective without masking (simclr, clip, ...)"
+            )
         data = batch.data
         if not isinstance(data, dict) or "mel" not in data or "lengths" not in data:
             raise ValueError(f"audio batch data must be {{'mel', 'lengths'}} from collate, got {_describe(data)}")
@@ -137,6 +150,27 @@ class AudioProcessor:
         b, n = target.shape[:2]
         keep, hidden = random_keep(b, n, ratio, device=mel.device, padding_mask=padding, generator=generator)
         return MaskedInput(batch=batch.with_keep(keep), mask=hidden & ~padding, target=target)
+
+    @property
+    def waveform(self) -> bool:
+        """Whether samples are raw waveforms (``features: waveform``) rather than log-mel spectrograms."""
+        return self.options.features == "waveform"
+
+    def _collate_waves(self, samples: list[Tensor]) -> ModalityBatch:
+        """Pad waveforms with zeros to the longest.
+
+        Shapes: samples B x [S_b] -> data [B, S] float, padding_mask [B, S] bool (True = padding), S = max S_b
+        """
+        if not samples:
+            raise ValueError("cannot collate an empty list of waveforms")
+        for s in samples:
+            if not isinstance(s, Tensor) or s.ndim != 1 or s.numel() == 0:
+                raise ValueError(f"expected prepared waveforms [samples] (features: waveform), got {_describe(s)}")
+        lengths = torch.tensor([s.shape[0] for s in samples], dtype=torch.long)
+        longest = int(lengths.max())
+        wave = torch.stack([F.pad(s.float(), (0, longest - s.shape[0])) for s in samples])
+        padding = torch.arange(longest)[None, :] >= lengths[:, None]
+        return ModalityBatch(data=wave, padding_mask=padding)
 
     def normalize(self, mel: Tensor) -> Tensor:
         """(log-mel - mean) / std. Shapes: any -> same."""
@@ -198,6 +232,8 @@ def compute_stats(options: AudioOptions, corpus: Iterable[Any] | None) -> tuple[
 def build_processor(options: AudioOptions, corpus: Iterable[Any] | None) -> AudioProcessor:
     """Build a processor; a missing ``mean`` or ``std`` is computed from ``corpus`` (raw training values)."""
     mean, std = options.mean, options.std
+    if options.features == "waveform":  # raw waveforms: no log-mel statistics to fit
+        return AudioProcessor(options, 0.0 if mean is None else mean, 1.0 if std is None else std)
     if mean is None or std is None:
         fitted_mean, fitted_std = compute_stats(options, corpus)
         mean = fitted_mean if mean is None else mean
