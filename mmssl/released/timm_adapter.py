@@ -1,0 +1,176 @@
+"""timm image encoders (ViTs, DeiT, EVA, ... and CNNs) behind mmssl's encoder interface.
+
+``timm.create_model(model, pretrained=False, **kwargs)`` builds the architecture; the weights come only from
+``encoder.path`` (a ``.safetensors`` file, or a torch file read with ``weights_only=True``), so nothing is
+downloaded. Preprocessing (input size, mean, std) comes from ``timm.data.resolve_data_config``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmssl.modality import EncoderOutput, ModalityBatch
+from mmssl.released.base import ADAPTERS, Preprocessing, Released, ReleasedError, resolve_path
+from mmssl.released.transformers_adapter import refuse_keep
+
+#: Keys under which training scripts commonly wrap a state dict.
+_WRAPPERS = ("state_dict", "model", "model_state", "module", "model_ema", "state_dict_ema")
+
+
+def load_state_dict(file: str) -> dict[str, Tensor]:
+    """A state dict from a ``.safetensors`` file or a torch file (``weights_only=True``).
+
+    ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers and ``module.`` prefixes (DDP) are removed.
+
+    Raises:
+        ReleasedError: The file is missing or holds no tensors; the message names the path.
+    """
+    path = Path(file)
+    if not path.is_file():
+        raise ReleasedError(f"encoder.path {file!r}: checkpoint file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, pickled objects beyond tensors (weights_only refuses them)
+        raise ReleasedError(f"encoder.path {file!r}: cannot read the checkpoint: {err}") from err
+    while isinstance(state, dict) and not any(isinstance(v, Tensor) for v in state.values()):
+        inner = next((state[k] for k in _WRAPPERS if isinstance(state.get(k), dict)), None)
+        if inner is None:
+            break
+        state = inner
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ReleasedError(f"encoder.path {file!r}: expected a state dict of tensors (optionally under 'state_dict')")
+    if all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+class _Parameters(nn.Module):
+    """Holds existing parameters (class token, positions) so they can be listed as a stem module."""
+
+    def __init__(self, params: dict[str, nn.Parameter]) -> None:
+        super().__init__()
+        for name, param in params.items():
+            self.register_parameter(name, param)
+
+
+class TimmEncoder(nn.Module):
+    """A timm model reading the image plugin's [B, C, H, W] batches.
+
+    Args:
+        model: A timm model (``forward_features``, ``forward_head``, ``num_features``).
+        pooling: ``default`` (the model's own head pooling, ``forward_head(pre_logits=True)``), ``cls`` (first
+            prefix token) or ``mean`` (of the patch tokens).
+    """
+
+    def __init__(self, model: nn.Module, pooling: str) -> None:
+        super().__init__()
+        self.model = model
+        self.width = int(model.num_features)
+        self.pooling = pooling
+        self.prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+        if pooling == "cls" and self.prefix == 0:
+            raise ReleasedError(f"encoder.pooling cls: timm model {type(model).__name__} has no class token")
+
+    def forward(self, batch: ModalityBatch) -> EncoderOutput:
+        """Shapes: data [B, C, H, W] -> tokens [B, N, D] (patch tokens or CNN positions), pooled [B, D]."""
+        refuse_keep(batch, "a timm encoder")
+        pixels = batch.data
+        if not isinstance(pixels, Tensor) or pixels.ndim != 4:
+            raise ReleasedError(f"a timm encoder reads [B, C, H, W] pixels, got {type(pixels).__name__}")
+        features = self.model.forward_features(pixels)
+        if features.ndim == 4:  # feature map: [B, D, h, w] (CNNs) or [B, h, w, D] (Swin-like, output_fmt NHWC)
+            nhwc = str(getattr(self.model, "output_fmt", "NCHW")) in ("NHWC", "Format.NHWC")
+            tokens = features.flatten(1, 2) if nhwc else features.flatten(2).transpose(1, 2)
+        else:
+            tokens = features[:, self.prefix :]
+        if self.pooling == "cls":
+            pooled = features[:, 0]
+        elif self.pooling == "mean":
+            pooled = tokens.mean(1)
+        else:
+            pooled = self.model.forward_head(features, pre_logits=True)
+        return EncoderOutput(tokens=tokens, pooled=pooled)
+
+    def layer_stack(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        model = self.model
+        stem: list[nn.Module] = []
+        for name in ("patch_embed", "stem", "conv1"):
+            module = getattr(model, name, None)
+            if isinstance(module, nn.Module):
+                stem.append(module)
+                break
+        params = {
+            name: getattr(model, name)
+            for name in ("cls_token", "reg_token", "pos_embed", "dist_token")
+            if isinstance(getattr(model, name, None), nn.Parameter)
+        }
+        if params:
+            stem.append(_Parameters(params))
+        blocks = getattr(model, "blocks", None)
+        if blocks is None:
+            stages = getattr(model, "stages", None)
+            blocks = stages if stages is not None else getattr(model, "layers", [])
+        return stem, list(blocks)
+
+
+@ADAPTERS.register("timm")
+def load_timm(spec: Any, base_dir: Path) -> Released:
+    """Build ``spec.model`` with timm (``pretrained=False``) and load the weights of ``spec.path``."""
+    import timm
+    from timm.data import resolve_data_config
+
+    if spec.path is None:
+        raise ReleasedError("library timm needs `path`: a .safetensors or torch checkpoint file")
+    path = resolve_path(spec.path, base_dir)
+    state = load_state_dict(path)
+    try:
+        model = timm.create_model(spec.model, pretrained=False, **spec.kwargs)
+    except Exception as err:  # unknown model name (RuntimeError), bad kwargs (TypeError)
+        raise ReleasedError(
+            f"encoder.model {spec.model!r} with kwargs {spec.kwargs}: timm cannot build it: {err}"
+        ) from err
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ReleasedError(
+            f"encoder.path {path!r} does not fit timm model {spec.model!r} with kwargs {spec.kwargs} "
+            f"(give the kwargs it was trained with, e.g. img_size, num_classes): {err}"
+        ) from err
+    config = resolve_data_config({}, model=model)
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if built:  # the pretrained config names the default size, not the one img_size= built the model for
+        config["input_size"] = (config["input_size"][0], *tuple(built))
+    channels, height, width = config["input_size"]
+    if channels != 3 or height != width:
+        raise ReleasedError(
+            f"timm model {spec.model!r}: input {config['input_size']}; the image plugin feeds square RGB images"
+        )
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    patch = int(patch[0] if isinstance(patch, list | tuple) else patch) if patch else None
+    preprocessing = Preprocessing(
+        input="pixels",
+        image_size=int(height),
+        patch_size=patch,
+        mean=[float(m) for m in config["mean"]],
+        std=[float(s) for s in config["std"]],
+    )
+    encoder = TimmEncoder(model, spec.pooling)
+    export = {
+        "model": spec.model,
+        "kwargs": dict(spec.kwargs),
+        "path": path,
+        "pooling": spec.pooling,
+        "num_prefix_tokens": encoder.prefix,
+        "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
+        "preprocessing": preprocessing.to_json(),
+    }
+    return Released(encoder, preprocessing, "timm", export)
