@@ -1,4 +1,4 @@
-"""Command line: ``mmssl train | eval | embed | validate | modalities``."""
+"""Command line: ``mmssl train | eval | embed | finetune | validate | modalities``."""
 
 from __future__ import annotations
 
@@ -118,6 +118,51 @@ def embed(
         tensors["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
     save_tensors_atomic(tensors, output)
     typer.echo(f"wrote {tuple(emb.shape)} {features} embeddings of {split}/{modality} to {output}")
+
+
+@app.command()
+def finetune(
+    encoder: Annotated[Path, typer.Argument(help="An mmssl run folder, or a recipe file (released or random init).")],
+    modality: Annotated[str, typer.Option(help="Modality of the recipe to fine-tune.")] = ...,
+    train: Annotated[Path, typer.Option(help="Labelled training manifest (.csv, .jsonl or .parquet).")] = ...,
+    test: Annotated[Path, typer.Option(help="Labelled test manifest (.csv, .jsonl or .parquet).")] = ...,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = ...,
+    label: Annotated[str, typer.Option(help="Label column of the manifests.")] = "label",
+    column: Annotated[str | None, typer.Option(help="Column of the modality (default: the recipe's).")] = None,
+    column_kind: Annotated[
+        str, typer.Option(help="auto | file (paths relative to the manifest) | value (the value itself).")
+    ] = "auto",
+    task: Annotated[str, typer.Option(help="classification | regression.")] = "classification",
+    mode: Annotated[str, typer.Option(help="probe (frozen encoder, linear head) | full (end to end).")] = "probe",
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: probe 100, full 10).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Rows per step (default: probe 256, full 32).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Head learning rate (default: probe 1e-2, full 1e-3).")] = None,
+    encoder_lr: Annotated[float | None, typer.Option(help="Encoder lr in full mode (default lr/10).")] = None,
+    layer_decay: Annotated[float | None, typer.Option(help="Layer-wise lr decay of the encoder (full mode).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay (probe 0, full 0.05).")] = None,
+    augment: Annotated[bool, typer.Option("--augment", help="Full mode: train on random views.")] = False,
+    seed: int = 0,
+    val_fraction: Annotated[float, typer.Option(help="Share of TRAIN held out to pick the epoch; 0: last.")] = 0.1,
+    save_features: Annotated[bool, typer.Option("--save-features", help="Probe: write features.safetensors.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+) -> None:
+    """Fine-tune (or linear-probe) an encoder on a labelled manifest; writes OUTPUT/eval.json and the head."""
+    from mmssl.finetune import FinetuneConfig
+    from mmssl.finetune import finetune as run_finetune
+
+    cfg = FinetuneConfig(
+        encoder=encoder, modality=modality, train=train, test=test, output=output, label=label, column=column,
+        column_kind=column_kind, task=task, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
+        encoder_lr=encoder_lr, layer_decay=layer_decay, weight_decay=weight_decay, augment=augment, seed=seed,
+        val_fraction=val_fraction, save_features=save_features, device=device,
+    )  # fmt: skip
+    try:
+        result = run_finetune(cfg, log=typer.echo)
+    except (ValueError, FileNotFoundError) as err:  # FinetuneError and RecipeError are ValueErrors
+        _fail(str(err))
+    for key, value in result.metrics.items():
+        typer.echo(f"{key:32s} {value:.4f}")
+    typer.echo(f"wrote {output / 'eval.json'}")
 
 
 @app.command()
