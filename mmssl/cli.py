@@ -1,4 +1,4 @@
-"""Command line: ``mmssl train | eval | embed | finetune | validate | modalities``."""
+"""Command line: ``mmssl train | eval | embed | finetune | export | validate | modalities``."""
 
 from __future__ import annotations
 
@@ -163,6 +163,34 @@ def finetune(
     for key, value in result.metrics.items():
         typer.echo(f"{key:32s} {value:.4f}")
     typer.echo(f"wrote {output / 'eval.json'}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmssl train`.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="hf, open_clip or safetensors.")] = "safetensors",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (replaced only if an export).")] = ...,
+    modality: Annotated[str | None, typer.Option(help="hf: which transformers-based modality to export.")] = None,
+) -> None:
+    """Export a run's encoders for tools without mmssl: a transformers folder, an open_clip model, or safetensors."""
+    from mmssl.export.hf import export_hf
+    from mmssl.export.open_clip import export_open_clip
+    from mmssl.export.safetensors_export import export_safetensors
+
+    exporters = {
+        "hf": lambda: export_hf(run_dir, output, modality),
+        "open_clip": lambda: export_open_clip(run_dir, output),
+        "safetensors": lambda: export_safetensors(run_dir, output),
+    }
+    if format not in exporters:
+        _fail(f"--format {format!r}: expected one of {sorted(exporters)}")
+    if modality is not None and format != "hf":
+        _fail("--modality applies to --format hf only")
+    try:
+        written = exporters[format]()
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        _fail(str(err))
+    typer.echo(f"wrote {format} export to {written} (see {written / 'README.md'})")
 
 
 @app.command()

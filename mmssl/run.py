@@ -49,7 +49,7 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> Run:
 
 
 def random_init_model(plan: Plan, processors: dict[str, Processor]) -> JointEmbeddingModel:
-    """The same architecture with fresh weights drawn from the recipe's seed."""
+    """The model before training: fresh weights drawn from the recipe's seed, released encoders as released."""
     torch.manual_seed(plan.recipe.seed)
     return build_model(plan, processors).eval()
 
@@ -63,6 +63,7 @@ def evaluate(run: Run, device: torch.device | str = "cpu") -> dict[str, float]:
         load_split=lambda split: load_source(run.plan, split),
         build_random_model=lambda: random_init_model(run.plan, run.processors),
         device=device,
+        baseline_name="released" if any(s.encoder for s in run.plan.recipe.modalities.values()) else "random_init",
     )
     rng = torch.get_rng_state()
     results = run_evaluations(run.plan.evaluations, ctx)

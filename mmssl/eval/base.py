@@ -53,7 +53,10 @@ class EvalContext:
         processors: modality -> processor.
         columns: modality -> data column.
         load_split: split name -> ``Source``.
-        build_random_model: Builds the same architecture with fresh random weights (for baselines).
+        build_random_model: Builds the model as it was before training (for baselines): fresh random weights, and
+            released encoders as released.
+        baseline_name: Suffix of the baseline's metrics: ``random_init``, or ``released`` when the recipe starts
+            from a released encoder.
         device: Where to run the model.
     """
 
@@ -63,6 +66,7 @@ class EvalContext:
     load_split: Callable[[str], Source]
     build_random_model: Callable[[], Any]
     device: torch.device | str = "cpu"
+    baseline_name: str = "random_init"
     _sources: dict[str, Source] = field(default_factory=dict)
 
     def source(self, split: str) -> Source:

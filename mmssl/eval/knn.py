@@ -72,7 +72,7 @@ def run_knn(options: KNNOptions, ctx: EvalContext) -> dict[str, float]:
 
     results = {f"{prefix}_top1": score(ctx.model)}
     if "random_init" in options.baselines:
-        results[f"{prefix}_top1_random_init"] = score(ctx.random_model)
+        results[f"{prefix}_top1_{ctx.baseline_name}"] = score(ctx.random_model)
     if "raw" in options.baselines:
         raw = raw_features(processor, bank_values + query_values)  # one padding shape for both splits
         if raw is not None:

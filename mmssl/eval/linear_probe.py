@@ -87,7 +87,7 @@ def run_linear_probe(options: LinearProbeOptions, ctx: EvalContext) -> dict[str,
 
     results = {f"{prefix}_top1": score(ctx.model)}
     if "random_init" in options.baselines:
-        results[f"{prefix}_top1_random_init"] = score(ctx.random_model)
+        results[f"{prefix}_top1_{ctx.baseline_name}"] = score(ctx.random_model)
     if "raw" in options.baselines:
         raw = raw_features(processor, train_values + test_values)
         if raw is not None:

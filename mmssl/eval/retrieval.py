@@ -211,7 +211,7 @@ def run_retrieval(options: RetrievalOptions, ctx: EvalContext) -> dict[str, floa
     results: dict[str, float] = {}
     models = [("", ctx.model)]
     if "random_init" in options.baselines:
-        models.append(("_random_init", ctx.random_model))
+        models.append((f"_{ctx.baseline_name}", ctx.random_model))
     for suffix, model in models:
         for direction, recalls in retrieval_scores(model, options, ctx, values, relevant).items():
             for k, value in recalls.items():

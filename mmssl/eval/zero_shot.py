@@ -44,7 +44,7 @@ def run_zero_shot(options: ZeroShotOptions, ctx: EvalContext) -> dict[str, float
     values, labels = labelled_values(source, ctx.columns[options.modality])
     results = {f"{prefix}_top1": zero_shot_accuracy(ctx.model, options, ctx, values, labels, names)}
     if "random_init" in options.baselines:
-        results[f"{prefix}_top1_random_init"] = zero_shot_accuracy(
+        results[f"{prefix}_top1_{ctx.baseline_name}"] = zero_shot_accuracy(
             ctx.random_model, options, ctx, values, labels, names
         )
     results[f"{prefix}_chance"] = 1.0 / len(names)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mmssl.export.card import model_card
+from mmssl.export.files import write_folder
 from mmssl.released.adapt import merge_lora
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -99,30 +98,17 @@ def _logit_terms(run: Any, image: str, text: str) -> dict[str, Tensor]:
 
 
 def _write_folder(output: Path, files: dict[str, bytes | dict[str, Tensor]]) -> None:
-    """Write ``files`` into a temporary folder next to ``output`` and rename it into place."""
-    output = Path(output)
-    if output.exists() and any(output.iterdir()) and not (output / CONFIG_FILE).is_file():
-        raise FileExistsError(f"{output} exists and is not an open_clip export; choose an empty or new folder")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    """Write ``files`` into ``output`` atomically (see ``mmssl.export.files.write_folder``)."""
+
+    def fill(tmp: Path) -> None:
         for name, content in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             if isinstance(content, dict):
                 save_file({k: v.detach().contiguous().cpu() for k, v in content.items()}, str(tmp / name))
             else:
                 (tmp / name).write_bytes(content)
-        old = None
-        if output.exists():
-            old = output.with_name(f".{output.name}.old{os.getpid()}")
-            os.replace(output, old)
-        os.replace(tmp, output)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_folder(output, fill, CONFIG_FILE)
 
 
 def _snippet(name: str, builtin: bool, output: Path) -> str:

@@ -1,0 +1,136 @@
+"""Export a transformers-based encoder of a run as a folder ``AutoModel.from_pretrained`` loads.
+
+LoRA adapters are merged first, so the folder holds the released architecture with the adapted weights. The
+tokenizer / feature-extractor files and, for mean-pooled sentence encoders, the sentence-transformers module
+files come along; the run's projection into the shared space is saved beside them as
+``mmssl_projection.safetensors``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from mmssl.export.card import model_card
+from mmssl.export.files import write_folder
+from mmssl.released.adapt import merge_lora
+
+#: Files copied from the released folder (or the text processor's tokenizer folder) when present.
+PREPROCESSING_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "merges.txt",
+    "vocab.json",
+    "preprocessor_config.json",
+)
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+MARKER = "mmssl_export.json"
+
+
+def transformers_modalities(recipe: Any) -> list[str]:
+    return [m for m, spec in recipe.modalities.items() if spec.encoder and spec.encoder.library == "transformers"]
+
+
+def pick_modality(recipe: Any, modality: str | None) -> str:
+    """The modality to export: ``modality`` if given, else the run's only transformers-based one."""
+    found = transformers_modalities(recipe)
+    described = {
+        m: (spec.encoder.library if spec.encoder else "mmssl's own encoder") for m, spec in recipe.modalities.items()
+    }
+    if modality is not None:
+        if modality not in recipe.modalities:
+            raise ValueError(f"--modality {modality!r} is not in the run (has {sorted(recipe.modalities)})")
+        if modality not in found:
+            raise ValueError(
+                f"hf export needs an encoder that started from transformers; modality {modality!r} uses "
+                f"{described[modality]} (use --format safetensors)"
+            )
+        return modality
+    if len(found) != 1:
+        what = "no modality" if not found else f"several modalities ({found}); pick one with --modality"
+        raise ValueError(f"hf export needs one transformers-based encoder; the run has {what}: {described}")
+    return found[0]
+
+
+def _snippet(output: Path, pooling: str, kind: str) -> str:
+    folder = str(output)
+    if kind != "text":
+        return (
+            "from transformers import AutoModel\n\n"
+            f"model = AutoModel.from_pretrained({folder!r}).eval()\n"
+            "# feed inputs prepared as in `Preprocessing` above; the pooled embedding is "
+            + ("the first token" if pooling == "cls" else "the mean of the tokens")
+        )
+    pool = "hidden[:, 0]" if pooling == "cls" else "(hidden * mask).sum(1) / mask.sum(1)  # mean over real tokens"
+    return f"""import torch
+from transformers import AutoModel, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained({folder!r})
+model = AutoModel.from_pretrained({folder!r}).eval()
+batch = tokenizer(["an example sentence"], padding=True, truncation=True, return_tensors="pt")
+with torch.no_grad():
+    hidden = model(**batch).last_hidden_state
+mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+embedding = {pool}"""
+
+
+def export_hf(run_dir: Path, output: Path, modality: str | None = None) -> Path:
+    """Write the run's transformers encoder of ``modality`` (LoRA merged) as a Hugging Face model folder.
+
+    Raises:
+        ValueError: The run has no (or several, without ``modality``) transformers-based encoders.
+        FileExistsError: ``output`` is a non-empty folder that is not an earlier export.
+    """
+    from mmssl.run import load_run
+
+    run = load_run(run_dir)
+    recipe = run.plan.recipe
+    m = pick_modality(recipe, modality)
+    released = run.plan.released[m]
+    encoder = merge_lora(copy.deepcopy(run.model.encoders[m]))
+    hf_model = encoder.model
+    pooling = released.export.get("pooling", getattr(encoder, "pooling", "mean"))
+    kind = released.preprocessing.input
+    sources = [Path(released.export["path"])]
+    if released.preprocessing.tokenizer:
+        sources.insert(0, Path(released.preprocessing.tokenizer))
+    preprocessing = {**released.preprocessing.to_json(), "pooling": pooling}
+    preprocessing.pop("tokenizer", None)
+    projection = {k: v.detach().contiguous() for k, v in run.model.projections[m].state_dict().items()}
+    evaluation = _read_json(Path(run_dir) / "eval.json")
+    parameters = _read_json(Path(run_dir) / "parameters.json")
+
+    def fill(tmp: Path) -> None:
+        hf_model.save_pretrained(tmp, safe_serialization=True)
+        for name in PREPROCESSING_FILES:
+            for folder in sources:
+                if (folder / name).is_file():
+                    shutil.copy2(folder / name, tmp / name)
+                    break
+        origin = Path(released.export["path"])
+        if kind == "tokens" and pooling == "mean" and (origin / "modules.json").is_file():
+            for name in SENTENCE_TRANSFORMERS_FILES:
+                if (origin / name).is_file():
+                    shutil.copy2(origin / name, tmp / name)
+            for sub in origin.iterdir():
+                if sub.is_dir() and sub.name[:1].isdigit() and "_" in sub.name:
+                    shutil.copytree(sub, tmp / sub.name)
+        if projection:
+            save_file(projection, str(tmp / "mmssl_projection.safetensors"))
+        info = {"modality": m, "pooling": pooling, "preprocessing": preprocessing, "run": str(Path(run_dir).resolve())}
+        (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        card = model_card(recipe, "hf", {m: preprocessing}, _snippet(output, pooling, kind), evaluation, parameters)
+        (tmp / "README.md").write_text(card)
+
+    return write_folder(output, fill, MARKER)
+
+
+def _read_json(file: Path) -> dict[str, Any] | None:
+    return json.loads(file.read_text()) if file.is_file() else None
