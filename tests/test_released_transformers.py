@@ -138,3 +138,18 @@ def test_package_paths_resolve_without_importing(tmp_path: Path) -> None:
     with pytest.raises(ReleasedError, match="not installed"):
         resolve_path("package:no_such_package_xyz/model", tmp_path)
     assert resolve_path("org/some-hub-id", tmp_path) == "org/some-hub-id"
+
+
+def test_a_pickled_only_model_folder_is_refused(tmp_path: Path, bert: Path) -> None:
+    """transformers is asked for safetensors only: a folder with just pytorch_model.bin is never unpickled."""
+    import shutil
+
+    from transformers import AutoModel
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy2(bert / "config.json", pickled / "config.json")
+    torch.save(AutoModel.from_pretrained(bert).state_dict(), pickled / "pytorch_model.bin")
+    plan = validate_plugin_sections(parse_recipe(recipe(pickled), base_dir=tmp_path))
+    with pytest.raises(RecipeError, match=r"modalities\.text\.encoder: .*safetensors"):
+        prepare_released(plan)

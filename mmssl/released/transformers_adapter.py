@@ -104,7 +104,9 @@ def tokenizer_folder(path: str) -> str:
 def load_auto_model(path: str) -> nn.Module:
     """``AutoModel.from_pretrained`` from safetensors weights only (never unpickles)."""
     from transformers import AutoModel
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()  # one bar per weight file clutters training logs
     try:
         return AutoModel.from_pretrained(path, use_safetensors=True)
     except Exception as err:  # missing folder, no safetensors file, offline hub id, unknown architecture
