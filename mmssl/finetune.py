@@ -209,10 +209,17 @@ def load_encoder(path: Path, modality: str, fit_values: list[Any], seed: int) ->
 # Reading the labelled manifests.
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a long text is not a valid file name (ENAMETOOLONG)
+        return False
+
+
 def _looks_like_files(values: list[Any], folder: Path) -> bool:
     sample = values[:20]
     return bool(sample) and all(
-        isinstance(v, str | Path) and len(str(v)) < 4096 and (folder / str(v)).is_file() for v in sample
+        isinstance(v, str | Path) and len(str(v)) < 4096 and _is_file(folder / str(v)) for v in sample
     )
 
 

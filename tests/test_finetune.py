@@ -311,3 +311,17 @@ def test_one_class_and_bad_encoder_errors(data: Path, tmp_path: Path) -> None:
         ["finetune", str(tmp_path), "--modality", "image", "--train", str(one), "--test", str(one), "-o", "x"],
     )
     assert result.exit_code == 2 and "is neither an mmssl run folder" in result.output
+
+
+def test_long_text_values_are_not_taken_for_file_names(tmp_path: Path) -> None:
+    """A value longer than a file name may be (255 bytes) is text, not an OSError (seen on real emails)."""
+    from mmssl.finetune import read_labelled
+
+    long_text = "spam offer " * 60
+    manifest = tmp_path / "long.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows([{"text": long_text, "label": "spam"}, {"text": "lunch at noon", "label": "ham"}])
+    rows = read_labelled(manifest, "text", "label", "auto", "text")
+    assert rows.column_kind == "value" and rows.values[0] == long_text
