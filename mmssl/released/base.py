@@ -25,7 +25,7 @@ class Preprocessing:
         input: The kind of batch the encoder reads: token ids, pixels [B, C, H, W], waveforms [B, S] or
             log-mel spectrograms [B, n_mels, T].
         tokenizer: A folder with the encoder's ``tokenizer.json`` (text).
-        max_length: The most tokens the encoder's positions allow (text).
+        max_length: The longest input the encoder's positions allow: tokens (text) or frames (AST audio).
         image_size: Side of the square input image, in pixels.
         patch_size: Side of a patch, when the encoder is a ViT (else None).
         mean: Per-channel (image) or single-value (audio) normalisation mean.
