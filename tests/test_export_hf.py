@@ -74,6 +74,7 @@ def test_hf_export_loads_in_plain_transformers_and_matches(lora_run: Path, tmp_p
     assert not any("lora" in k or "base_layer" in k for k in weights), "LoRA must be merged away"
     card = (out / "README.md").read_text()
     assert "library_name: transformers" in card and "LoRA adapters, merged" in card and "fashion_mnist" in card
+    assert "max_length=32" in card  # the length the run tokenized with (the recipe's 128, capped by the model)
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     child = [sys.executable, "-c", CHILD, str(out), str(tmp_path / "child.safetensors"), *TEXTS]

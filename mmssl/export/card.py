@@ -25,7 +25,8 @@ def _encoder_lines(recipe: Any) -> list[str]:
         enc = spec.encoder
         start = enc.path or enc.pretrained
         how = {"full": "all weights trained", "frozen": "frozen (LiT-style)", "lora": "LoRA adapters, merged"}
-        lines.append(f"- `{modality}`: started from {enc.library} `{enc.model or ''}` `{start}`; {how[enc.train]}")
+        model = f" `{enc.model}`" if enc.model else ""
+        lines.append(f"- `{modality}`: started from {enc.library}{model} `{start}`; {how[enc.train]}")
     return lines
 
 

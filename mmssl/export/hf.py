@@ -59,7 +59,13 @@ def pick_modality(recipe: Any, modality: str | None) -> str:
     return found[0]
 
 
-def _snippet(output: Path, pooling: str, kind: str) -> str:
+def effective_preprocessing(released: dict[str, Any], options: Any) -> dict[str, Any]:
+    """The released encoder's preprocessing with the values the run actually used (the plugin's adopted options,
+    e.g. a ``max_length`` below the model's position limit)."""
+    return {k: getattr(options, k, v) for k, v in released.items()}
+
+
+def _snippet(output: Path, pooling: str, kind: str, max_length: int | None = None) -> str:
     folder = str(output)
     if kind != "text":
         return (
@@ -74,7 +80,7 @@ from transformers import AutoModel, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained({folder!r})
 model = AutoModel.from_pretrained({folder!r}).eval()
-batch = tokenizer(["an example sentence"], padding=True, truncation=True, return_tensors="pt")
+batch = tokenizer(["an example sentence"], padding=True, truncation=True, max_length={max_length}, return_tensors="pt")
 with torch.no_grad():
     hidden = model(**batch).last_hidden_state
 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -101,7 +107,8 @@ def export_hf(run_dir: Path, output: Path, modality: str | None = None) -> Path:
     sources = [Path(released.export["path"])]
     if released.preprocessing.tokenizer:
         sources.insert(0, Path(released.preprocessing.tokenizer))
-    preprocessing = {**released.preprocessing.to_json(), "pooling": pooling}
+    preprocessing = effective_preprocessing(released.preprocessing.to_json(), run.plan.modality_options[m])
+    preprocessing["pooling"] = pooling
     preprocessing.pop("tokenizer", None)
     projection = {k: v.detach().contiguous() for k, v in run.model.projections[m].state_dict().items()}
     evaluation = _read_json(Path(run_dir) / "eval.json")
@@ -119,6 +126,10 @@ def export_hf(run_dir: Path, output: Path, modality: str | None = None) -> Path:
             for name in SENTENCE_TRANSFORMERS_FILES:
                 if (origin / name).is_file():
                     shutil.copy2(origin / name, tmp / name)
+            st_config = tmp / "sentence_bert_config.json"
+            if st_config.is_file() and preprocessing.get("max_length"):
+                settings = json.loads(st_config.read_text())
+                st_config.write_text(json.dumps({**settings, "max_seq_length": preprocessing["max_length"]}, indent=2))
             for sub in origin.iterdir():
                 if sub.is_dir() and sub.name[:1].isdigit() and "_" in sub.name:
                     shutil.copytree(sub, tmp / sub.name)
@@ -126,7 +137,8 @@ def export_hf(run_dir: Path, output: Path, modality: str | None = None) -> Path:
             save_file(projection, str(tmp / "mmssl_projection.safetensors"))
         info = {"modality": m, "pooling": pooling, "preprocessing": preprocessing, "run": str(Path(run_dir).resolve())}
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
-        card = model_card(recipe, "hf", {m: preprocessing}, _snippet(output, pooling, kind), evaluation, parameters)
+        snippet = _snippet(output, pooling, kind, preprocessing.get("max_length"))
+        card = model_card(recipe, "hf", {m: preprocessing}, snippet, evaluation, parameters)
         (tmp / "README.md").write_text(card)
 
     return write_folder(output, fill, MARKER)
