@@ -67,7 +67,7 @@ def effective_preprocessing(released: dict[str, Any], options: Any) -> dict[str,
 
 def _snippet(output: Path, pooling: str, kind: str, max_length: int | None = None) -> str:
     folder = str(output)
-    if kind != "text":
+    if kind != "tokens":
         return (
             "from transformers import AutoModel\n\n"
             f"model = AutoModel.from_pretrained({folder!r}).eval()\n"
