@@ -16,6 +16,7 @@ from torch import nn
 
 import mmssl.data.digits  # noqa: F401  (registers sklearn_digits and spoken_digits)
 import mmssl.data.fashion_mnist  # noqa: F401  (registers the source)
+import mmssl.data.spam_assassin  # noqa: F401  (registers the source)
 import mmssl.data.twemoji  # noqa: F401  (registers the source)
 import mmssl.eval  # noqa: F401  (registers evaluators)
 from mmssl.data.dataset import CLEAN, is_missing
