@@ -1,0 +1,99 @@
+"""The encoder: loading it from a run folder or a recipe, and embedding rows with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmssl.finetune.config import FinetuneError
+from mmssl.modality import Processor
+
+
+def encoder_kind(path: Path) -> tuple[str, Path]:
+    """``("run", folder/recipe.yaml)`` or ``("recipe", file)``.
+
+    Raises:
+        FinetuneError: ``path`` is neither a run folder nor a recipe file.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "recipe.yaml").is_file():
+        return "run", path / "recipe.yaml"
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        return "recipe", path
+    what = "a folder without recipe.yaml" if path.is_dir() else ("not found" if not path.exists() else "a file")
+    raise FinetuneError(
+        f"encoder {path} ({what}) is neither an mmssl run folder (a folder with recipe.yaml, written by "
+        "`mmssl train`) nor a recipe file (.yaml)"
+    )
+
+
+def recipe_column(path: Path, modality: str) -> str:
+    """The data column of ``modality`` in the recipe of a run folder or recipe file.
+
+    Raises:
+        FinetuneError: The path is neither, or the recipe has no such modality.
+    """
+    from mmssl.recipe import load_yaml
+
+    _, recipe_file = encoder_kind(path)
+    modalities = load_yaml(recipe_file).get("modalities") or {}
+    if modality not in modalities:
+        raise FinetuneError(f"modality {modality!r} is not in the recipe {recipe_file} (has {sorted(modalities)})")
+    spec = modalities[modality]
+    return str((spec.get("column") if isinstance(spec, dict) else None) or modality)
+
+
+def load_encoder(path: Path, modality: str, fit_values: list[Any], seed: int) -> tuple[nn.Module, Processor, str, bool]:
+    """``(encoder, processor, kind, released)`` of ``modality``.
+
+    A run folder gives its trained encoder and fitted processor. A recipe gives a released encoder
+    (``modalities.<m>.encoder``) or a random init (drawn from ``seed``) of the plugin's own, with a processor
+    fitted on ``fit_values`` (the training manifest's column).
+    """
+    from mmssl.build import Plan, build_encoder, prepare_released, validate_plugin_sections
+    from mmssl.recipe import load_yaml, parse_recipe
+
+    kind, recipe_file = encoder_kind(path)
+    if kind == "run":
+        from mmssl.run import load_run
+
+        run = load_run(path)
+        released = run.plan.recipe.modalities[modality].encoder is not None
+        return run.model.encoders[modality], run.processors[modality], kind, released
+    tree = load_yaml(recipe_file)
+    plan = validate_plugin_sections(parse_recipe(tree, str(recipe_file), recipe_file.resolve().parent), str(path))
+    recipe = plan.recipe
+    sub = Plan(
+        recipe.model_copy(update={"modalities": {modality: recipe.modalities[modality]}}),
+        plugins={modality: plan.plugins[modality]},
+        modality_options={modality: plan.modality_options[modality]},
+    )
+    prepare_released(sub)
+    plugin = sub.plugins[modality]
+    processor = plugin.build_processor(sub.modality_options[modality], iter(fit_values))
+    torch.manual_seed(seed)
+    encoder = build_encoder(sub, modality, processor)
+    return encoder, processor, kind, recipe.modalities[modality].encoder is not None
+
+
+def pooled(encoder: nn.Module, processor: Processor, samples: list[Any], device: str) -> Tensor:
+    """Pooled features of prepared samples, gradients kept. Shapes: -> [B, D] float32 on ``device``."""
+    return encoder(processor.collate(samples).to(device)).pooled.float()
+
+
+@torch.no_grad()
+def embed(encoder: nn.Module, processor: Processor, values: list[Any], batch_size: int, device: str) -> Tensor:
+    """Pooled features of raw values with the encoder in eval mode. Shapes: -> [N, D] float32 on the CPU."""
+    was_training = encoder.training
+    encoder.eval()
+    out = [
+        pooled(
+            encoder, processor, [processor.prepare(processor.decode(v)) for v in values[lo : lo + batch_size]], device
+        ).cpu()
+        for lo in range(0, len(values), batch_size)
+    ]
+    encoder.train(was_training)
+    return torch.cat(out)
