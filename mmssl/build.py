@@ -29,7 +29,7 @@ from mmssl.objectives.base import BuildInfo, ObjectiveOptions, ObjectiveType, ob
 from mmssl.plugins import PluginError, get_modality, load_entry_points, load_plugin_file
 from mmssl.recipe import Recipe, RecipeError, pydantic_errors
 from mmssl.registry import RegistryError
-from mmssl.released import Released, ReleasedError, load_released
+from mmssl.released import Released, ReleasedError, load_released, resolve_path
 from mmssl.released.adapt import apply_training_mode
 
 
@@ -72,6 +72,22 @@ def _named(entry: dict[str, Any], key: str, registry: Any, path: str, errors: li
         return kind, None
 
 
+def _released_problems(spec: Any, plugin: ModalityPlugin, base_dir: Path, path: str) -> list[tuple[str, str]]:
+    """What can be checked of a released encoder without loading it: the plugin can feed it, the path exists."""
+    if plugin.adopt is None:
+        return [(path, f"modality plugin {plugin.name!r} cannot feed released encoders (it has no `adopt`)")]
+    if spec.path is None:
+        return []
+    try:
+        resolved = resolve_path(spec.path, base_dir)
+    except ReleasedError as err:
+        return [(f"{path}.path", str(err))]
+    local = spec.library != "transformers" or spec.path.startswith((".", "/", "~", "package:"))
+    if local and not Path(resolved).exists():
+        return [(f"{path}.path", f"{resolved} does not exist")]
+    return []
+
+
 def validate_plugin_sections(recipe: Recipe, source: str = "<recipe>") -> Plan:
     """Second validation pass: plugin options, sources, objectives, evaluations, capabilities."""
     errors: list[tuple[str, str]] = []
@@ -97,6 +113,8 @@ def validate_plugin_sections(recipe: Recipe, source: str = "<recipe>") -> Plan:
             plan.modality_options[name] = plugin.parse_options(spec.options)
         except ValidationError as err:
             errors.extend(pydantic_errors(err, f"{path}.options"))
+        if spec.encoder is not None:
+            errors.extend(_released_problems(spec.encoder, plugin, recipe.base_dir, f"{path}.encoder"))
     for split, entry in recipe.data.items():
         kind, options = _named(entry, "source", SOURCES, f"data.{split}", errors)
         if options is not None:

@@ -183,9 +183,8 @@ def test_unknown_target_module_lists_names(vit_dir: Path, tmp_path: Path) -> Non
 
 def test_missing_folder_names_the_path(tmp_path: Path, vit_dir: Path) -> None:
     tree = image_recipe(tmp_path / "missing", tmp_path, {})
-    plan = plan_of(tree, tmp_path)
-    with pytest.raises(RecipeError, match="missing"):
-        prepare_released(plan)
+    with pytest.raises(RecipeError, match=r"modalities\.image\.encoder\.path: .*missing does not exist"):
+        plan_of(tree, tmp_path)  # caught by validation, before anything loads
 
 
 # -- audio --

@@ -147,6 +147,5 @@ def test_unknown_target_module_lists_names(checkpoints, tmp_path: Path) -> None:
 
 
 def test_missing_model_or_path_in_recipe(tmp_path: Path) -> None:
-    plan = plan_of(recipe(tmp_path / "absent.safetensors", {}), tmp_path)
-    with pytest.raises(RecipeError, match="absent.safetensors"):
-        prepare_released(plan)
+    with pytest.raises(RecipeError, match=r"encoder\.path: .*absent\.safetensors does not exist"):
+        plan_of(recipe(tmp_path / "absent.safetensors", {}), tmp_path)  # caught by validation

@@ -122,10 +122,12 @@ def test_layer_decay_scales_blocks_geometrically(tmp_path: Path, bert: Path) -> 
 
 def test_bad_encoder_sections_name_the_key(tmp_path: Path, bert: Path) -> None:
     with pytest.raises(RecipeError, match=r"modalities\.text\.encoder.*lora"):
-        parse_recipe(recipe(bert, train="lora", lora=None) | {}, base_dir=tmp_path)
-    tree = recipe(tmp_path / "no-such-model")
-    plan = validate_plugin_sections(parse_recipe(tree, base_dir=tmp_path))
-    with pytest.raises(RecipeError, match=r"modalities\.text\.encoder: .*no-such-model"):
+        parse_recipe(recipe(bert, train="lora", lora=None), base_dir=tmp_path)
+    with pytest.raises(RecipeError, match=r"modalities\.text\.encoder\.path: .*no-such-model does not exist"):
+        validate_plugin_sections(parse_recipe(recipe(tmp_path / "no-such-model"), base_dir=tmp_path))
+    # A hub id is not checked at validation (it may be in the cache); loading it offline fails with its name.
+    plan = validate_plugin_sections(parse_recipe(recipe("no-org/no-such-model"), base_dir=tmp_path))
+    with pytest.raises(RecipeError, match=r"modalities\.text\.encoder: .*no-org/no-such-model"):
         prepare_released(plan)
     bad_lora = recipe(bert, train="lora", lora={"r": 2, "target_modules": ["qkv_nope"]})
     plan = validate_plugin_sections(parse_recipe(bad_lora, base_dir=tmp_path))
