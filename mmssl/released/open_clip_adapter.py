@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mmssl.modality import EncoderOutput, ModalityBatch
 from mmssl.released.base import ADAPTERS, Preprocessing, Released, ReleasedError, resolve_path
+from mmssl.released.checkpoint import read_state_dict
 from mmssl.released.transformers_adapter import refuse_keep
 
 #: ``create_model`` arguments that change the model config (the rest of its named arguments do not).
@@ -44,38 +45,6 @@ def cache_root() -> Path:
 
 
 # -- loading ---------------------------------------------------------------------------------------------------
-
-
-def read_state_dict(path: str) -> dict[str, Tensor]:
-    """A checkpoint's state dict: ``.safetensors``, or a torch file read with ``weights_only=True``.
-
-    Accepts a bare state dict or ``{"state_dict": ...}``; a ``module.`` prefix (DDP) is stripped.
-
-    Raises:
-        ReleasedError: The file is missing, unreadable, needs unpickling of objects, or holds no state dict.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise ReleasedError(f"encoder.path {path!r}: no such checkpoint file")
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(file))
-        else:
-            state = torch.load(str(file), map_location="cpu", weights_only=True)
-    except Exception as err:  # safetensors / torch.load (UnpicklingError with weights_only) raise various types
-        raise ReleasedError(
-            f"encoder.path {path!r}: could not read the checkpoint (safetensors, or torch with weights_only=True): "
-            f"{err}"
-        ) from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ReleasedError(f"encoder.path {path!r}: expected a state dict of tensors (or {{'state_dict': ...}})")
-    if all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
 
 
 def final_model_config(name: str, kwargs: dict[str, Any]) -> dict[str, Any] | None:

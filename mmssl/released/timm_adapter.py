@@ -10,47 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from mmssl.modality import EncoderOutput, ModalityBatch
 from mmssl.released.base import ADAPTERS, Preprocessing, Released, ReleasedError, resolve_path
+from mmssl.released.checkpoint import read_state_dict
 from mmssl.released.transformers_adapter import refuse_keep
-
-#: Keys under which training scripts commonly wrap a state dict.
-_WRAPPERS = ("state_dict", "model", "model_state", "module", "model_ema", "state_dict_ema")
-
-
-def load_state_dict(file: str) -> dict[str, Tensor]:
-    """A state dict from a ``.safetensors`` file or a torch file (``weights_only=True``).
-
-    ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers and ``module.`` prefixes (DDP) are removed.
-
-    Raises:
-        ReleasedError: The file is missing or holds no tensors; the message names the path.
-    """
-    path = Path(file)
-    if not path.is_file():
-        raise ReleasedError(f"encoder.path {file!r}: checkpoint file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file, pickled objects beyond tensors (weights_only refuses them)
-        raise ReleasedError(f"encoder.path {file!r}: cannot read the checkpoint: {err}") from err
-    while isinstance(state, dict) and not any(isinstance(v, Tensor) for v in state.values()):
-        inner = next((state[k] for k in _WRAPPERS if isinstance(state.get(k), dict)), None)
-        if inner is None:
-            break
-        state = inner
-    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ReleasedError(f"encoder.path {file!r}: expected a state dict of tensors (optionally under 'state_dict')")
-    if all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
 
 
 class _Parameters(nn.Module):
@@ -131,7 +96,7 @@ def load_timm(spec: Any, base_dir: Path) -> Released:
     if spec.path is None:
         raise ReleasedError("library timm needs `path`: a .safetensors or torch checkpoint file")
     path = resolve_path(spec.path, base_dir)
-    state = load_state_dict(path)
+    state = read_state_dict(path)
     try:
         model = timm.create_model(spec.model, pretrained=False, **spec.kwargs)
     except Exception as err:  # unknown model name (RuntimeError), bad kwargs (TypeError)
