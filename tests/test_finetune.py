@@ -31,7 +31,7 @@ modalities:
               stats_samples: 64, crop_scale: [0.6, 1.0]}
   text:
     column: caption
-    options: {vocab_size: 48, max_length: 8, width: 16, depth: 1, heads: 2}
+    options: {vocab_size: 48, max_length: 8, width: 16, depth: 1, heads: 2, pool: mean}
 model: {embed_dim: 8}
 objectives:
   - {name: simclr, modality: image, proj_dim: 8, hidden_dim: 16}
@@ -147,6 +147,7 @@ def test_same_seed_same_results(data: Path, kwargs: dict) -> None:
 def test_integer_labels_and_text_values(data: Path) -> None:
     """The text modality reads its caption column as values; integer labels keep their numeric classes."""
     result = finetune(config(data, "text", modality="text", label="number", epochs=40), log=quiet)
+    print(f"text probe top-1 {result.metrics['finetune_top1']:.3f}")
     assert read_json(data / "text" / "labels.json")["classes"] == [0, 1]
     assert read_json(data / "text" / "finetune.json")["column_kind"] == "value"
     assert result.metrics["finetune_top1"] >= result.metrics["chance"] + 0.3
