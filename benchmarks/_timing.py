@@ -1,7 +1,9 @@
-"""Shared helpers of the benchmarks: thread setup, round-robin timing and plain-text tables."""
+"""Shared helpers of the benchmarks: common arguments, thread setup, training steps, round-robin timing and
+plain-text tables."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -10,6 +12,33 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+
+def base_parser(description: str, steps: int, rounds_help: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark has: batch, rounds, steps, warmup, image and patch size, threads, seed."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=5, help=rounds_help)
+    p.add_argument("--steps", type=int, default=steps, help="Training steps per path per round.")
+    p.add_argument("--warmup", type=int, default=2, help="Untimed steps per path before the first round.")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--patch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores).")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def make_step(optimizer: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], float]:
+    """One optimizer step of ``loss_fn``'s loss; returns the loss."""
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
 
 
 def setup_threads(threads: int | None) -> int:

@@ -32,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from _timing import (
     TimedPath,
+    base_parser,
     count_parameters,
     describe_machine,
     load_average,
+    make_step,
     median,
     run_round_robin,
     setup_threads,
@@ -53,15 +55,7 @@ LR, WEIGHT_DECAY, BETAS = 1e-3, 0.05, (0.9, 0.95)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=5, help="Timed rounds; every path runs once per round.")
-    p.add_argument("--steps", type=int, default=5, help="Training steps per path per round.")
-    p.add_argument("--warmup", type=int, default=2, help="Untimed steps per path before the first round.")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--patch-size", type=int, default=8)
+    p = base_parser(__doc__.split("\n\n")[0], 5, "Timed rounds; every path runs once per round.")
     p.add_argument("--vision-width", type=int, default=192)
     p.add_argument("--vision-layers", type=int, default=4)
     p.add_argument("--text-width", type=int, default=192)
@@ -71,8 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-text-len", type=int, default=8, help="Shortest text row; the rest of a row is padding.")
     p.add_argument("--vocab-size", type=int, default=1000, help="Target vocabulary of mmssl's trained tokenizer.")
     p.add_argument("--embed-dim", type=int, default=128)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores).")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--paths", default="mmssl,open_clip,bare", help="Comma-separated subset of paths to run.")
     args = p.parse_args(argv)
     if args.vision_width % args.heads or args.text_width % args.heads:
@@ -287,16 +279,9 @@ class BareCLIP(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def make_step(module: nn.Module, optimizer: torch.optim.Optimizer, loss_fn) -> Callable[[], float]:
-    def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
-
+def train_step(module: nn.Module, optimizer: torch.optim.Optimizer, loss_fn) -> Callable[[], float]:
     module.train()
-    return step
+    return make_step(optimizer, loss_fn)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -332,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     padding = (ids == sp.pad_id).float().mean().item()
 
     models: dict[str, nn.Module] = {"mmssl": module}
-    steps: dict[str, Callable[[], float]] = {"mmssl": make_step(module, mmssl_opt, lambda: module(batch)["loss"])}
+    steps: dict[str, Callable[[], float]] = {"mmssl": train_step(module, mmssl_opt, lambda: module(batch)["loss"])}
 
     oc = build_open_clip(args, vocab, sp.pad_id, sp.sep_id)
     oc_loss = open_clip.ClipLoss()
@@ -342,11 +327,11 @@ def main(argv: list[str] | None = None) -> None:
         return oc_loss(out["image_features"], out["text_features"], out["logit_scale"])
 
     models["open_clip"] = oc
-    steps["open_clip"] = make_step(oc, build_optimizer(oc, LR, WEIGHT_DECAY, BETAS), open_clip_loss)
+    steps["open_clip"] = train_step(oc, build_optimizer(oc, LR, WEIGHT_DECAY, BETAS), open_clip_loss)
 
     bare = BareCLIP(args, vocab, sp.pad_id)
     models["bare"] = bare
-    steps["bare"] = make_step(bare, build_optimizer(bare, LR, WEIGHT_DECAY, BETAS), lambda: bare(images, ids))
+    steps["bare"] = train_step(bare, build_optimizer(bare, LR, WEIGHT_DECAY, BETAS), lambda: bare(images, ids))
 
     print()
     print(

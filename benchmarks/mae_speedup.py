@@ -20,15 +20,16 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from _timing import (
     TimedPath,
+    base_parser,
     count_parameters,
     describe_machine,
     load_average,
+    make_step,
     median,
     run_round_robin,
     setup_threads,
@@ -46,15 +47,7 @@ from mmssl.train.optim import build_optimizer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=5, help="Timed rounds; both paths run once per round.")
-    p.add_argument("--steps", type=int, default=3, help="Training steps per path per round.")
-    p.add_argument("--warmup", type=int, default=2, help="Untimed steps per path before the first round.")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--patch-size", type=int, default=8)
+    p = base_parser(__doc__.split("\n\n")[0], 3, "Timed rounds; both paths run once per round.")
     p.add_argument("--width", type=int, default=192, help="Encoder width.")
     p.add_argument("--depth", type=int, default=8, help="Encoder blocks.")
     p.add_argument("--heads", type=int, default=3, help="Encoder heads.")
@@ -62,8 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decoder-depth", type=int, default=1)
     p.add_argument("--decoder-heads", type=int, default=4)
     p.add_argument("--mask-ratio", type=float, default=0.75)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores).")
-    p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
@@ -129,17 +120,6 @@ def build(args: argparse.Namespace, rng: np.random.Generator):
     probes = probe_batches(plan, processors, source)
     model = build_model(plan, processors)
     return plan, processors, probes, build_train_module(plan, model, processors, probes)
-
-
-def make_step(optimizer: torch.optim.Optimizer, loss_fn) -> Callable[[], float]:
-    def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
-
-    return step
 
 
 def main(argv: list[str] | None = None) -> None:
