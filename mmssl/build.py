@@ -166,17 +166,14 @@ def prepare_released(plan: Plan) -> None:
     """Load each released encoder the recipe names (once) and let its plugin adopt the encoder's preprocessing.
 
     Raises:
-        RecipeError: A plugin cannot feed released encoders, or an encoder cannot be loaded; the key is named.
+        RecipeError: An encoder cannot be loaded or its plugin refuses its preprocessing; the key is named.
     """
     errors: list[tuple[str, str]] = []
     for modality, spec in plan.recipe.modalities.items():
         if spec.encoder is None or modality in plan.released:
             continue
-        plugin = plan.plugins[modality]
+        plugin = plan.plugins[modality]  # validation checked that it has `adopt`
         path = f"modalities.{modality}.encoder"
-        if plugin.adopt is None:
-            errors.append((path, f"modality plugin {plugin.name!r} cannot feed released encoders (it has no `adopt`)"))
-            continue
         try:
             released = load_released(spec.encoder, plan.recipe.base_dir)
             plan.modality_options[modality] = plugin.adopt(plan.modality_options[modality], released.preprocessing)

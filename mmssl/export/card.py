@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -30,14 +31,7 @@ def _encoder_lines(recipe: Any) -> list[str]:
     return lines
 
 
-def model_card(
-    recipe: Any,
-    export_format: str,
-    preprocessing: dict[str, Any],
-    load_snippet: str,
-    evaluation: dict[str, float] | None = None,
-    parameters: dict[str, Any] | None = None,
-) -> str:
+def model_card(recipe: Any, export_format: str, preprocessing: dict[str, Any], load_snippet: str, run_dir: Path) -> str:
     """Markdown text of a model card.
 
     Args:
@@ -45,9 +39,10 @@ def model_card(
         export_format: ``safetensors``, ``hf`` or ``open_clip``.
         preprocessing: modality -> what its inputs need (sizes, mean/std, tokenizer, sample rate, ...).
         load_snippet: Python code that loads the export without mmssl.
-        evaluation: The run's ``eval.json``, if any.
-        parameters: The run's ``parameters.json``, if any.
+        run_dir: The run folder; its ``eval.json`` and ``parameters.json`` go into the card when present.
     """
+    evaluation = _read_json(Path(run_dir) / "eval.json")
+    parameters = _read_json(Path(run_dir) / "parameters.json")
     objectives = [f"- `{o.get('name')}`" + _objective_details(o) for o in recipe.objectives]
     parts = [
         "---",
@@ -96,3 +91,7 @@ def _objective_details(entry: dict[str, Any]) -> str:
 
 def _library(export_format: str) -> str:
     return {"hf": "transformers", "open_clip": "open_clip"}.get(export_format, "safetensors")
+
+
+def _read_json(file: Path) -> dict[str, Any] | None:
+    return json.loads(file.read_text()) if file.is_file() else None

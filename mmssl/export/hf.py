@@ -111,8 +111,6 @@ def export_hf(run_dir: Path, output: Path, modality: str | None = None) -> Path:
     preprocessing["pooling"] = pooling
     preprocessing.pop("tokenizer", None)
     projection = {k: v.detach().contiguous() for k, v in run.model.projections[m].state_dict().items()}
-    evaluation = _read_json(Path(run_dir) / "eval.json")
-    parameters = _read_json(Path(run_dir) / "parameters.json")
 
     def fill(tmp: Path) -> None:
         hf_model.save_pretrained(tmp, safe_serialization=True)
@@ -138,11 +136,7 @@ def export_hf(run_dir: Path, output: Path, modality: str | None = None) -> Path:
         info = {"modality": m, "pooling": pooling, "preprocessing": preprocessing, "run": str(Path(run_dir).resolve())}
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
         snippet = _snippet(output, pooling, kind, preprocessing.get("max_length"))
-        card = model_card(recipe, "hf", {m: preprocessing}, snippet, evaluation, parameters)
+        card = model_card(recipe, "hf", {m: preprocessing}, snippet, Path(run_dir))
         (tmp / "README.md").write_text(card)
 
     return write_folder(output, fill, MARKER)
-
-
-def _read_json(file: Path) -> dict[str, Any] | None:
-    return json.loads(file.read_text()) if file.is_file() else None

@@ -217,11 +217,7 @@ def export_open_clip(run_dir: Path, output: Path) -> Path:
         image: {**preprocess, "input": "pixels [B, 3, H, W]"},
         text: {"tokenizer": f"open_clip.get_tokenizer({export_name!r})", "context_length": text_options.max_length},
     }
-    evaluation = _read_json(run_dir / "eval.json")
-    parameters = _read_json(run_dir / "parameters.json")
-    card = model_card(
-        recipe, "open_clip", card_preprocessing, _snippet(export_name, builtin, output), evaluation, parameters
-    )
+    card = model_card(recipe, "open_clip", card_preprocessing, _snippet(export_name, builtin, output), run_dir)
     files: dict[str, Any] = {
         WEIGHTS_FILE: {k: v for k, v in state.items() if isinstance(v, Tensor)},
         CONFIG_FILE: (json.dumps({"model_cfg": config, "preprocess_cfg": preprocess}, indent=2) + "\n").encode(),
@@ -230,7 +226,3 @@ def export_open_clip(run_dir: Path, output: Path) -> Path:
     }
     _write_folder(output, files)
     return output
-
-
-def _read_json(file: Path) -> dict[str, Any] | None:
-    return json.loads(file.read_text()) if file.is_file() else None

@@ -46,8 +46,6 @@ def export_safetensors(run_dir: Path, output: Path) -> Path:
             "projection": spec.projection,
         }
     config = {"embed_dim": model.embed_dim, "modalities": modalities, "preprocessing": preprocessing}
-    evaluation = _read_json(run_dir / "eval.json")
-    parameters = _read_json(run_dir / "parameters.json")
     snippet = (
         "from safetensors.torch import load_file\n\n"
         f"weights = load_file({str(Path(output) / 'model.safetensors')!r})\n"
@@ -61,12 +59,6 @@ def export_safetensors(run_dir: Path, output: Path) -> Path:
         shutil.copytree(run_dir / "processors", tmp / "processors")
         (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
         (tmp / MARKER).write_text(json.dumps({"run": str(run_dir.resolve()), "format": "safetensors"}) + "\n")
-        (tmp / "README.md").write_text(
-            model_card(recipe, "safetensors", preprocessing, snippet, evaluation, parameters)
-        )
+        (tmp / "README.md").write_text(model_card(recipe, "safetensors", preprocessing, snippet, run_dir))
 
     return write_folder(output, fill, MARKER)
-
-
-def _read_json(file: Path) -> dict[str, Any] | None:
-    return json.loads(file.read_text()) if file.is_file() else None

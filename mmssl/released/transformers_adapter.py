@@ -13,16 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmssl.encoders.transformer import masked_mean
 from mmssl.modality import EncoderOutput, ModalityBatch
 from mmssl.released.base import ADAPTERS, Preprocessing, Released, ReleasedError, resolve_path
-
-
-def masked_mean(tokens: Tensor, padding: Tensor | None) -> Tensor:
-    """Mean of the non-padding tokens. Shapes: tokens [B, N, D], padding [B, N] bool (True = pad) -> [B, D]."""
-    if padding is None:
-        return tokens.mean(1)
-    weight = (~padding).to(tokens.dtype).unsqueeze(-1)
-    return (tokens * weight).sum(1) / weight.sum(1).clamp_min(1.0)
 
 
 def refuse_keep(batch: ModalityBatch, what: str) -> None:
