@@ -31,6 +31,7 @@ from mmssl.recipe import Recipe, RecipeError, pydantic_errors
 from mmssl.registry import RegistryError
 from mmssl.released import Released, ReleasedError, load_released, resolve_path
 from mmssl.released.adapt import apply_training_mode
+from mmssl.released.base import is_local_path
 
 
 @dataclass
@@ -82,7 +83,7 @@ def _released_problems(spec: Any, plugin: ModalityPlugin, base_dir: Path, path: 
         resolved = resolve_path(spec.path, base_dir)
     except ReleasedError as err:
         return [(f"{path}.path", str(err))]
-    local = spec.library != "transformers" or spec.path.startswith((".", "/", "~", "package:"))
+    local = spec.library != "transformers" or is_local_path(spec.path)
     if local and not Path(resolved).exists():
         return [(f"{path}.path", f"{resolved} does not exist")]
     return []

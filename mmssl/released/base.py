@@ -72,6 +72,11 @@ class Released:
 ADAPTERS: Registry[Callable[[Any, Path], Released]] = Registry("encoder library")
 
 
+def is_local_path(path: str) -> bool:
+    """True for paths that name a file or folder on this machine (never a hub id)."""
+    return path.startswith((".", "/", "~", "package:"))
+
+
 def resolve_path(path: str, base_dir: Path) -> str:
     """Resolve ``package:NAME[/sub]`` to a folder of an installed package, and relative paths against ``base_dir``.
 
@@ -92,7 +97,7 @@ def resolve_path(path: str, base_dir: Path) -> str:
     candidate = Path(path).expanduser()
     if not candidate.is_absolute():
         candidate = base_dir / candidate
-    return str(candidate) if candidate.exists() or path.startswith((".", "/", "~")) else path
+    return str(candidate) if candidate.exists() or is_local_path(path) else path
 
 
 def load_released(spec: Any, base_dir: Path) -> Released:
