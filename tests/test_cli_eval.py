@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from tolerances import F32
 from torch import nn
 from typer.testing import CliRunner
 
@@ -133,7 +134,7 @@ def test_embed_command(trained: tuple[Path, str], tmp_path: Path, features: str,
     rows = load_source(loaded.plan, "test").rows
     assert saved["labels"].tolist() == [r["label"] for r in rows]
     expected = embed_values(loaded.model, "image", loaded.processors["image"], [r["image"] for r in rows], features)
-    assert torch.allclose(saved["embeddings"], expected, atol=1e-5)
+    assert torch.allclose(saved["embeddings"], expected, **F32)
     if features == "projected":
         assert torch.allclose(saved["embeddings"].norm(dim=1), torch.ones(TEST_ROWS), atol=1e-5)
     assert f"wrote ({TEST_ROWS}, {width}) {features} embeddings of test/image" in result.output

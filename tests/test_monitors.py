@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tolerances import F32
 from torch.testing import assert_close
 
 from mmssl.build import validate_plugin_sections
@@ -156,8 +157,8 @@ def test_monitor_leaves_rng_and_mode_alone() -> None:
     model.eval()
     with torch.no_grad():
         pooled = model.encode("image", monitor.batches["image"]["clean"][0]).pooled
-    assert first["monitor/image/rankme"] == pytest.approx(rankme(pooled).item(), rel=1e-6)
-    assert_close(torch.tensor(first["monitor/image/std"]), normalized_std(pooled), rtol=1e-5, atol=1e-7)
+    assert first["monitor/image/rankme"] == pytest.approx(rankme(pooled).item(), rel=1e-4)
+    assert_close(torch.tensor(first["monitor/image/std"]), normalized_std(pooled), **F32)
 
 
 def collapse_encoder(monkeypatch: pytest.MonkeyPatch) -> None:

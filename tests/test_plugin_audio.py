@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 import torchaudio.transforms as T
 from pydantic import ValidationError
+from tolerances import F32, F32_SCALAR
 
 import mmssl_audio
 from mmssl.data.sources import SOURCES
@@ -138,8 +139,8 @@ def test_prepare_shape_and_normalisation() -> None:
     options = tiny_options(max_seconds=2.0)
     processor, clips = fitted(options, count=5)
     reference = torch.cat([reference_log_mel(c, options).flatten() for c in clips]).double()
-    assert processor.mean == pytest.approx(float(reference.mean()), rel=1e-5)
-    assert processor.std == pytest.approx(float(reference.std(unbiased=False)), rel=1e-5)
+    assert processor.mean == pytest.approx(float(reference.mean()), **F32_SCALAR)
+    assert processor.std == pytest.approx(float(reference.std(unbiased=False)), **F32_SCALAR)
 
     short = tone(0.5)
     out = processor.prepare(processor.decode(short))
@@ -265,7 +266,7 @@ def test_mask_counts_padding_and_targets(norm: bool) -> None:
             expected.var(-1, ddof=1, keepdims=True) + 1e-6
         )
     assert masked.target.shape == (2, n, 32)
-    np.testing.assert_allclose(masked.target.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(masked.target.numpy(), expected, **F32)
 
     mel = batch.data["mel"]
     assert torch.equal(mmssl_audio.unpatchify(mmssl_audio.patchify(mel, 8, 4), 8, 4, 2), mel)
@@ -306,10 +307,10 @@ def test_padding_does_not_change_the_pooled_output(pool: str) -> None:
         alone = encoder(processor.collate([short])).pooled[0]
         batch = short_and_long(processor)
         together = encoder(batch).pooled[0]
-        torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(together, alone, **F32)
         batch.data["mel"][0, :, :, 51:] = torch.randn(1, 16, 41) * 10  # other "audio" in the padding
         changed = encoder(batch).pooled
-        torch.testing.assert_close(changed[0], together, atol=1e-6, rtol=0)
+        torch.testing.assert_close(changed[0], together, **F32)
         batch.data["mel"][0, :, :, :51] += 1.0  # while the real frames do matter
         assert not torch.allclose(encoder(batch).pooled[0], together)
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from pydantic import ValidationError
+from tolerances import F32
 
 import mmssl_image
 from mmssl.modality import Capabilities, MaskedInput, ModalityBatch, Processor
@@ -136,8 +137,8 @@ def test_fitted_stats_and_prepare_normalise() -> None:
     options = tiny_options()
     processor, images = fitted(options, count=5)
     stack = np.stack(images).astype(np.float64) / 255  # already image_size square: prepare keeps the pixels
-    np.testing.assert_allclose(processor.mean, stack.mean(axis=(0, 1, 2)), rtol=1e-6)
-    np.testing.assert_allclose(processor.std, stack.std(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(processor.mean, stack.mean(axis=(0, 1, 2)), **F32)
+    np.testing.assert_allclose(processor.std, stack.std(axis=(0, 1, 2)), **F32)
 
     image = processor.decode(images[0])
     out = processor.prepare(image)
@@ -247,7 +248,7 @@ def test_mask_keep_counts_and_target(norm_pix_loss: bool) -> None:
         var = expected.var(-1, ddof=1, keepdims=True)
         expected = (expected - mean) / np.sqrt(var + 1e-6)
     assert masked.target.shape == (4, n, 4 * 4 * 3)
-    np.testing.assert_allclose(masked.target.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(masked.target.numpy(), expected, **F32)
 
     back = mmssl_image.unpatchify(mmssl_image.patchify(batch.data, 4), 4, (4, 4), 3)
     assert torch.equal(back, batch.data)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tolerances import F32
 
 from mmssl.modality import ModalityBatch, Processor
 from mmssl_text import (
@@ -367,8 +368,8 @@ def test_encoder_shapes_and_padding_invariance(processor: TextProcessor, options
     assert both.pooled.shape == (2, opts.width)
     assert both.padding_mask.shape == (2, len(long))
     assert both.padding_mask[0, len(short) :].all() and not both.padding_mask[1].any()
-    torch.testing.assert_close(both.pooled[0], alone.pooled[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(both.tokens[0, : len(short)], alone.tokens[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(both.pooled[0], alone.pooled[0], **F32)
+    torch.testing.assert_close(both.tokens[0, : len(short)], alone.tokens[0], **F32)
 
 
 def test_encoder_dropout_views_differ_and_masked_batch_runs(processor: TextProcessor, options: TextOptions) -> None:

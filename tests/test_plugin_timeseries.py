@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from pydantic import ValidationError
+from tolerances import F32
 
 import mmssl_timeseries as ts
 from mmssl.modality import Capabilities, MaskedInput, ModalityBatch, Processor
@@ -148,8 +149,8 @@ def test_instance_normalisation_is_reversible() -> None:
     normalized, stats = processor.normalize(series)
     assert torch.equal(normalized, prepared)
     assert stats.mean.shape == (2, 1) and stats.std.shape == (2, 1)
-    np.testing.assert_allclose(processor.denormalize(normalized, stats).numpy(), series[:, :40], atol=1e-5)
-    np.testing.assert_allclose(ts.denormalize(normalized.numpy(), stats), series[:, :40], atol=1e-5)
+    np.testing.assert_allclose(processor.denormalize(normalized, stats).numpy(), series[:, :40], **F32)
+    np.testing.assert_allclose(ts.denormalize(normalized.numpy(), stats), series[:, :40], **F32)
     np.testing.assert_allclose(stats.mean[:, 0], series[:, :40].mean(1), rtol=1e-5)
 
     flat = processor.prepare(np.full((2, 8), 3.0, dtype=np.float32))  # constant channels: zeros, no division by 0
@@ -252,7 +253,7 @@ def test_mask_targets_and_padding_never_scored(norm: bool) -> None:
             expected.var(-1, ddof=1, keepdims=True) + 1e-6
         )
     assert masked.target.shape == (4, n_tokens, 4)
-    np.testing.assert_allclose(masked.target.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(masked.target.numpy(), expected, **F32)
     values = batch.data["values"]
     assert torch.equal(ts.unpatchify(ts.patchify(values, 4), 2), values)
 
@@ -304,9 +305,9 @@ def test_padded_and_unpadded_pooled_outputs_match(pool: str) -> None:
         padded_batch = batch_of(processor, [short, long])
         together = encoder(padded_batch)
     assert padded_batch.padding_mask is not None and padded_batch.padding_mask[0].sum() == 2 * 3
-    torch.testing.assert_close(together.pooled[0], alone.pooled[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(together.pooled[0], alone.pooled[0], **F32)
     real = ~padded_batch.padding_mask[0]
-    torch.testing.assert_close(together.tokens[0, real], alone.tokens[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(together.tokens[0, real], alone.tokens[0], **F32)
 
 
 def test_mae_objective_step_on_padded_batch() -> None:

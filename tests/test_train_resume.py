@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
+from tolerances import F32, F32_SCALAR
 
 from mmssl.build import (
     Plan,
@@ -314,12 +315,12 @@ def test_grad_accum_matches_a_bigger_batch(tmp_path: Path) -> None:
 
     (w_accum, m_accum), (w_big, m_big) = runs[2], runs[1]
     # Same loss (mean over micro-batches) and gradient norm (before clipping), up to float rounding.
-    assert m_accum["loss"] == pytest.approx(m_big["loss"], rel=1e-6)
-    assert m_accum["grad_norm"] == pytest.approx(m_big["grad_norm"], rel=1e-5)
+    assert m_accum["loss"] == pytest.approx(m_big["loss"], **F32_SCALAR)
+    assert m_accum["grad_norm"] == pytest.approx(m_big["grad_norm"], rel=1e-4)
     assert m_accum["grad_norm"] > 1e-3
     moved = max((w_big[k] - initial[k]).abs().max().item() for k in w_big)
     assert moved == pytest.approx(1e-3, rel=0.05)  # AdamW's first step moves weights by about lr
     # AdamW's first step is g / (|g| + eps) ~ sign(g), so gradient rounding barely moves it; allow 1 % of lr
     # (observed: a few 1e-8, the rounding of the weights themselves).
     for key in w_big:
-        assert torch.allclose(w_accum[key], w_big[key], rtol=0, atol=1e-5), key
+        assert torch.allclose(w_accum[key], w_big[key], **F32), key
