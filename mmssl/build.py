@@ -20,6 +20,7 @@ import mmssl.data.spam_assassin  # noqa: F401  (registers the source)
 import mmssl.data.twemoji  # noqa: F401  (registers the source)
 import mmssl.eval  # noqa: F401  (registers evaluators)
 from mmssl.data.dataset import CLEAN, is_missing
+from mmssl.data.labels import LabelSpace, apply_label_space, resolve_label_space
 from mmssl.data.sources import SOURCES, Source, SourceType
 from mmssl.eval.base import EVALUATORS, EvaluatorType
 from mmssl.modality import ModalityBatch, ModalityPlugin, Processor, check_is_module
@@ -45,6 +46,8 @@ class Plan:
     objectives: list[tuple[str, ObjectiveType, ObjectiveOptions]] = field(default_factory=list)
     evaluations: list[tuple[EvaluatorType, BaseModel]] = field(default_factory=list)
     released: dict[str, Released] = field(default_factory=dict)
+    labels: LabelSpace | None = None
+    """The run's one label space (``labels.json`` of a run folder); resolved over all splits when first needed."""
 
     def views(self) -> dict[str, list[str]]:
         """modality -> the views training needs (always at least the clean one)."""
@@ -89,13 +92,24 @@ def _released_problems(spec: Any, plugin: ModalityPlugin, base_dir: Path, path: 
     return []
 
 
-def validate_plugin_sections(recipe: Recipe, source: str = "<recipe>") -> Plan:
-    """Second validation pass: plugin options, sources, objectives, evaluations, capabilities."""
+UNTRUSTED = (
+    "not imported: the recipe names plugin files ({files}), which run code like a pickle; pass --trust-plugins "
+    "if you trust where this run folder came from (or install the plugin as an entry point)"
+)
+
+
+def validate_plugin_sections(recipe: Recipe, source: str = "<recipe>", trust_plugins: bool = True) -> Plan:
+    """Second validation pass: plugin options, sources, objectives, evaluations, capabilities.
+
+    Args:
+        trust_plugins: Import the plugin files the recipe names (``plugins:``). Commands reading a run folder pass
+            False unless the user consents; modalities installed as entry points work either way.
+    """
     errors: list[tuple[str, str]] = []
     plan = Plan(recipe)
     try:
         load_entry_points()
-        for i, file in enumerate(recipe.plugins):
+        for i, file in enumerate(recipe.plugins if trust_plugins else []):
             try:
                 load_plugin_file(file, recipe.base_dir)
             except PluginError as err:
@@ -107,7 +121,9 @@ def validate_plugin_sections(recipe: Recipe, source: str = "<recipe>") -> Plan:
         try:
             plugin = get_modality(recipe.plugin_of(name))
         except (RegistryError, PluginError) as err:
-            errors.append((f"{path}.plugin", str(err)))
+            untrusted = not trust_plugins and recipe.plugins
+            message = UNTRUSTED.format(files=", ".join(recipe.plugins)) if untrusted else str(err)
+            errors.append((f"{path}.plugin", message))
             continue
         plan.plugins[name] = plugin
         try:
@@ -151,9 +167,23 @@ def validate_plugin_sections(recipe: Recipe, source: str = "<recipe>") -> Plan:
     return plan
 
 
-def load_source(plan: Plan, split: str) -> Source:
+def _load_raw(plan: Plan, split: str) -> Source:
     kind, options = plan.sources[split]
     return kind.load(options, plan.recipe.base_dir)
+
+
+def label_space(plan: Plan, loaded: dict[str, Source] | None = None) -> LabelSpace:
+    """The plan's label space, resolved over every split the first time (``loaded``: splits already read)."""
+    if plan.labels is None:
+        loaded = dict(loaded or {})
+        plan.labels = resolve_label_space({s: loaded.get(s) or _load_raw(plan, s) for s in plan.sources})
+    return plan.labels
+
+
+def load_source(plan: Plan, split: str) -> Source:
+    """A split's rows, labels numbered by the run's one label space (the same mapping in every split)."""
+    source = _load_raw(plan, split)
+    return apply_label_space(source, label_space(plan, {split: source}))
 
 
 def _corpus(source: Source, column: str) -> Iterator[Any]:

@@ -10,6 +10,13 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal self-supervised pretraining.")
 
 
+TRUST_HELP = (
+    "Import the plugin files the run's recipe names (plugins:). They run code, like a pickle: only for run folders "
+    "you trust. Plugins installed as entry points need no flag."
+)
+TrustPlugins = Annotated[bool, typer.Option("--trust-plugins", help=TRUST_HELP)]
+
+
 def _fail(message: str) -> None:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
@@ -39,34 +46,52 @@ def train(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder.")] = Path("runs/latest"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Run the recipe's evaluations at the end.")] = True,
+    trust_plugins: Annotated[
+        bool, typer.Option("--trust-plugins", help="With --resume: import the recipe's plugin files. " + TRUST_HELP)
+    ] = False,
 ) -> None:
-    """Train a recipe; the run folder gets checkpoints, metrics.jsonl, tb/, model.safetensors and eval.json."""
+    """Train a recipe; the run folder gets checkpoints, metrics.jsonl, tb/, model.safetensors and eval.json.
+
+    A recipe's `plugins:` files are imported (they run code): a recipe is code, like a pickle. With --resume they
+    are imported only with --trust-plugins, and only if unchanged since the run recorded them.
+    """
     from mmssl.build import validate_plugin_sections
+    from mmssl.plugins import PluginError
     from mmssl.recipe import RecipeError, load_recipe
     from mmssl.train.trainer import RunExistsError
     from mmssl.train.trainer import train as run_training
 
+    trusted = trust_plugins or not resume
     try:
-        parsed = load_recipe(recipe, overrides or [])
-    except (RecipeError, FileNotFoundError, KeyError, ValueError) as err:
-        _fail(str(err))
-    plan = validate_plugin_sections(parsed, str(recipe))
-    try:
+        if resume and trust_plugins:
+            _check_recorded_plugins(recipe, overrides or [], output)
+        parsed = load_recipe(recipe, overrides or [], trust_plugins=trusted)
+        plan = validate_plugin_sections(parsed, str(recipe), trust_plugins=trusted)
         result = run_training(plan, output, resume=resume)
-    except RunExistsError as err:
+    except (RecipeError, FileNotFoundError, KeyError, ValueError, RunExistsError, PluginError) as err:
         _fail(str(err))
     if evaluate and result.finished and plan.evaluations:
-        _evaluate(output)
+        _evaluate(output, trust_plugins=trusted)
 
 
-def _evaluate(run_dir: Path) -> None:
+def _check_recorded_plugins(recipe: Path, overrides: list[str], output: Path) -> None:
+    """Before importing anything on --resume: the recipe's plugin files are the ones the run recorded."""
+    from mmssl.plugins import check_plugin_files
+    from mmssl.recipe import apply_overrides, load_yaml
+    from mmssl.train.run_folder import read_meta
+
+    files = apply_overrides(load_yaml(recipe), overrides).get("plugins") or []
+    check_plugin_files(list(files), recipe.resolve().parent, read_meta(output).get("plugins", {}), str(output))
+
+
+def _evaluate(run_dir: Path, trust_plugins: bool = False) -> None:
     from accelerate import PartialState
 
     state = PartialState()
     if state.is_main_process:
         from mmssl.run import evaluate, load_run
 
-        results = evaluate(load_run(run_dir, state.device), state.device)
+        results = evaluate(load_run(run_dir, state.device, trust_plugins), state.device)
         for key, value in results.items():
             typer.echo(f"{key:32s} {value:.4f}")
         typer.echo(f"wrote {run_dir / 'eval.json'}")
@@ -74,11 +99,17 @@ def _evaluate(run_dir: Path) -> None:
 
 
 @app.command("eval")
-def eval_(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmssl train`.")]) -> None:
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmssl train`.")],
+    trust_plugins: TrustPlugins = False,
+) -> None:
     """Run a run's evaluations and write RUN_DIR/eval.json."""
+    from mmssl.plugins import PluginError
+    from mmssl.recipe import RecipeError
+
     try:
-        _evaluate(run_dir)
-    except FileNotFoundError as err:
+        _evaluate(run_dir, trust_plugins)
+    except (FileNotFoundError, RecipeError, PluginError) as err:
         _fail(str(err))
 
 
@@ -90,19 +121,34 @@ def embed(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output .safetensors file.")] = Path(
         "embeddings.safetensors"
     ),
-    features: Annotated[str, typer.Option(help="pooled (encoder) or projected (shared space).")] = "projected",
+    features: Annotated[
+        str,
+        typer.Option(
+            help="pooled: the encoder's pooled output (what the knn and linear_probe evaluations score); "
+            "projected: the unit-norm shared-space embedding (for cross-modal retrieval)."
+        ),
+    ] = "pooled",
     batch_size: int = 256,
+    trust_plugins: TrustPlugins = False,
 ) -> None:
-    """Write embeddings of a data split (and its labels and row indices) to a safetensors file."""
+    """Write embeddings of a data split to a safetensors file: `embeddings` [N, D] first, then `index` (the rows
+    of the split that have the modality) and, when every row has one, `labels` (the run's class indices)."""
     import torch
 
     from mmssl.build import load_source
     from mmssl.data.dataset import is_missing
     from mmssl.eval.embed import embed_values
+    from mmssl.plugins import PluginError
+    from mmssl.recipe import RecipeError
     from mmssl.run import load_run
     from mmssl.train.checkpoint import save_tensors_atomic
 
-    run = load_run(run_dir)
+    if features not in ("pooled", "projected"):
+        _fail(f"--features {features!r}: expected pooled or projected")
+    try:
+        run = load_run(run_dir, trust_plugins=trust_plugins)
+    except (FileNotFoundError, RecipeError, PluginError) as err:
+        _fail(str(err))
     if modality not in run.plan.recipe.modalities:
         _fail(f"modality {modality!r} is not in the run's recipe (has {sorted(run.plan.recipe.modalities)})")
     if split not in run.plan.recipe.data:
@@ -112,10 +158,12 @@ def embed(
     rows = [i for i, row in enumerate(source.rows) if not is_missing(row.get(column))]
     values = [source.rows[i][column] for i in rows]
     emb = embed_values(run.model, modality, run.processors[modality], values, features, batch_size)
-    tensors = {"embeddings": emb, "index": torch.tensor(rows, dtype=torch.long)}
+    # int32 row indices and labels: safetensors lays tensors out by dtype size, then name, so `embeddings`
+    # (float32) comes first in the file only when nothing is wider than 4 bytes.
+    tensors = {"embeddings": emb, "index": torch.tensor(rows, dtype=torch.int32)}
     labels = [source.rows[i].get("label") for i in rows]
     if all(label is not None for label in labels):
-        tensors["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
+        tensors["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.int32)
     save_tensors_atomic(tensors, output)
     typer.echo(f"wrote {tuple(emb.shape)} {features} embeddings of {split}/{modality} to {output}")
 
@@ -145,6 +193,7 @@ def finetune(
     val_fraction: Annotated[float, typer.Option(help="Share of TRAIN held out to pick the epoch; 0: last.")] = 0.1,
     save_features: Annotated[bool, typer.Option("--save-features", help="Probe: write features.safetensors.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    trust_plugins: TrustPlugins = False,
 ) -> None:
     """Fine-tune (or linear-probe) an encoder on a labelled manifest; writes OUTPUT/eval.json and the head."""
     from mmssl.finetune import FinetuneConfig
@@ -154,11 +203,13 @@ def finetune(
         encoder=encoder, modality=modality, train=train, test=test, output=output, label=label, column=column,
         column_kind=column_kind, task=task, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
         encoder_lr=encoder_lr, layer_decay=layer_decay, weight_decay=weight_decay, augment=augment, seed=seed,
-        val_fraction=val_fraction, save_features=save_features, device=device,
+        val_fraction=val_fraction, save_features=save_features, device=device, trust_plugins=trust_plugins,
     )  # fmt: skip
+    from mmssl.plugins import PluginError
+
     try:
         result = run_finetune(cfg, log=typer.echo)
-    except (ValueError, FileNotFoundError) as err:  # FinetuneError and RecipeError are ValueErrors
+    except (ValueError, FileNotFoundError, PluginError) as err:  # FinetuneError and RecipeError are ValueErrors
         _fail(str(err))
     for key, value in result.metrics.items():
         typer.echo(f"{key:32s} {value:.4f}")
@@ -171,16 +222,19 @@ def export(
     format: Annotated[str, typer.Option("--format", "-f", help="hf, open_clip or safetensors.")] = "safetensors",
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (replaced only if an export).")] = ...,
     modality: Annotated[str | None, typer.Option(help="hf: which transformers-based modality to export.")] = None,
+    trust_plugins: TrustPlugins = False,
 ) -> None:
     """Export a run's encoders for tools without mmssl: a transformers folder, an open_clip model, or safetensors."""
     from mmssl.export.hf import export_hf
     from mmssl.export.open_clip import export_open_clip
     from mmssl.export.safetensors_export import export_safetensors
+    from mmssl.plugins import PluginError
 
+    trust = trust_plugins
     exporters = {
-        "hf": lambda: export_hf(run_dir, output, modality),
-        "open_clip": lambda: export_open_clip(run_dir, output),
-        "safetensors": lambda: export_safetensors(run_dir, output),
+        "hf": lambda: export_hf(run_dir, output, modality, trust_plugins=trust),
+        "open_clip": lambda: export_open_clip(run_dir, output, trust_plugins=trust),
+        "safetensors": lambda: export_safetensors(run_dir, output, trust_plugins=trust),
     }
     if format not in exporters:
         _fail(f"--format {format!r}: expected one of {sorted(exporters)}")
@@ -188,7 +242,7 @@ def export(
         _fail("--modality applies to --format hf only")
     try:
         written = exporters[format]()
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, PluginError) as err:
         _fail(str(err))
     typer.echo(f"wrote {format} export to {written} (see {written / 'README.md'})")
 

@@ -55,6 +55,44 @@ def load_entry_points() -> None:
             warnings.warn(FAILED[ep.name], RuntimeWarning, stacklevel=2)
 
 
+def plugin_file_path(path: str | Path, base: Path | None = None) -> Path:
+    """Where a recipe's ``plugins:`` entry points: relative paths are resolved against ``base``."""
+    file = Path(path)
+    if not file.is_absolute() and base is not None:
+        file = base / file
+    return file.resolve()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def plugin_file_records(files: list[str], base: Path | None) -> dict[str, dict[str, str]]:
+    """``{entry as written: {"path": resolved, "sha256": digest}}`` of a recipe's plugin files (kept in run.json)."""
+    paths = {f: plugin_file_path(f, base) for f in files}
+    return {f: {"path": str(path), "sha256": file_sha256(path)} for f, path in paths.items()}
+
+
+def check_plugin_files(files: list[str], base: Path | None, recorded: dict[str, dict[str, str]], where: str) -> None:
+    """Refuse plugin files that differ from the ones a run recorded (by SHA-256).
+
+    Raises:
+        PluginError: A file is missing, was not recorded, or its content changed; the message names it.
+    """
+    for entry in files:
+        file = plugin_file_path(entry, base)
+        if entry not in recorded:
+            raise PluginError(f"{where}: plugin file {entry} ({file}) is not one the run recorded; not importing it")
+        if not file.is_file():
+            raise PluginError(f"{where}: plugin file {entry} not found (looked at {file})")
+        digest = file_sha256(file)
+        if digest != recorded[entry].get("sha256"):
+            raise PluginError(
+                f"{where}: plugin file {file} changed since the run recorded it (sha256 {digest[:12]}... now, "
+                f"{str(recorded[entry].get('sha256'))[:12]}... then); refusing to import it"
+            )
+
+
 def load_plugin_file(path: str | Path, base: Path | None = None) -> list[str]:
     """Import a plugin file and register the ``plugin`` (or ``plugins``) it defines.
 
@@ -65,10 +103,7 @@ def load_plugin_file(path: str | Path, base: Path | None = None) -> list[str]:
     Returns:
         The names of the modalities it registered.
     """
-    file = Path(path)
-    if not file.is_absolute() and base is not None:
-        file = base / file
-    file = file.resolve()
+    file = plugin_file_path(path, base)
     if not file.is_file():
         raise PluginError(f"plugin file {path} not found (looked at {file})")
     module_name = "mmssl_user_plugin_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]

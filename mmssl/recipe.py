@@ -125,6 +125,12 @@ class TrainSpec(Strict):
         ),
     )
 
+    @model_validator(mode="after")
+    def _warmup_within_steps(self) -> TrainSpec:
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) is larger than steps ({self.steps})")
+        return self
+
 
 class Recipe(Strict):
     name: str
@@ -202,8 +208,28 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ValueError(f"override {item!r}: expected key.path=value")
         key, value = item.split("=", 1)
-        set_path(tree, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.load(value, Loader=UniqueKeyLoader)
+        except yaml.YAMLError as err:
+            reason = " ".join(str(getattr(err, "problem", None) or err).split())
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({reason})") from None
+        set_path(tree, key.strip(), parsed)
     return tree
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                message = f"key {key!r} is given twice (lines {seen[key]} and {line}); keep one"
+                raise yaml.constructor.ConstructorError(None, None, message, key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -211,7 +237,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise FileNotFoundError(f"recipe {file} not found")
     try:
-        tree = yaml.safe_load(file.read_text())
+        tree = yaml.load(file.read_text(), Loader=UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise RecipeError(str(file), [("(yaml)", str(err))]) from err
     if not isinstance(tree, dict):
@@ -231,13 +257,16 @@ def parse_recipe(tree: dict[str, Any], source: str = "<recipe>", base_dir: Path 
     return recipe
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and fully validate a recipe file (both passes)."""
+def load_recipe(path: str | Path, overrides: list[str] | None = None, trust_plugins: bool = True) -> Recipe:
+    """Read, override and fully validate a recipe file (both passes).
+
+    A recipe's ``plugins:`` files are imported (they run code) unless ``trust_plugins`` is False.
+    """
     from mmssl.build import validate_plugin_sections  # late import: plugins load only when needed
 
     tree = apply_overrides(load_yaml(path), overrides or [])
     recipe = parse_recipe(tree, str(path), Path(path).resolve().parent)
-    validate_plugin_sections(recipe, str(path))
+    validate_plugin_sections(recipe, str(path), trust_plugins=trust_plugins)
     return recipe
 
 

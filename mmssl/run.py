@@ -10,9 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from mmssl.build import Plan, build_model, load_processors, load_source, validate_plugin_sections
+from mmssl.data.labels import LabelSpace
 from mmssl.eval.base import EvalContext, run_evaluations
 from mmssl.modality import Processor
 from mmssl.model import JointEmbeddingModel
+from mmssl.plugins import check_plugin_files
 from mmssl.recipe import load_yaml, parse_recipe
 from mmssl.train import checkpoint as ckpt
 
@@ -25,15 +27,25 @@ class Run:
     model: JointEmbeddingModel
 
 
-def load_run(path: str | Path, device: torch.device | str = "cpu") -> Run:
-    """Load ``path/model.safetensors``, or the model part of the latest checkpoint when training did not finish."""
+def load_run(path: str | Path, device: torch.device | str = "cpu", trust_plugins: bool = False) -> Run:
+    """Load ``path/model.safetensors``, or the model part of the latest checkpoint when training did not finish.
+
+    Args:
+        trust_plugins: Import the plugin files the run's recipe names (checked against the SHA-256 the run
+            recorded). Without it they are not imported: a run folder is data, and may come from anywhere.
+    """
     path = Path(path)
     recipe_file = path / "recipe.yaml"
     if not recipe_file.is_file():
         raise FileNotFoundError(f"{path} is not an mmssl run folder (no recipe.yaml)")
     meta = json.loads((path / "run.json").read_text()) if (path / "run.json").is_file() else {}
     base_dir = Path(meta.get("base_dir", path))
-    plan = validate_plugin_sections(parse_recipe(load_yaml(recipe_file), str(recipe_file), base_dir), str(recipe_file))
+    recipe = parse_recipe(load_yaml(recipe_file), str(recipe_file), base_dir)
+    if trust_plugins and "plugins" in meta:
+        check_plugin_files(recipe.plugins, base_dir, meta["plugins"], str(path))
+    plan = validate_plugin_sections(recipe, str(recipe_file), trust_plugins=trust_plugins)
+    if (path / "labels.json").is_file():
+        plan.labels = LabelSpace.from_json(json.loads((path / "labels.json").read_text()))
     processors = load_processors(plan, path / "processors")
     model = build_model(plan, processors)
     weights = path / "model.safetensors"

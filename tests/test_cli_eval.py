@@ -129,7 +129,7 @@ def test_embed_command(trained: tuple[Path, str], tmp_path: Path, features: str,
     saved = load_file(str(out))
     assert saved["embeddings"].shape == (TEST_ROWS, width)
     assert saved["embeddings"].dtype == torch.float32
-    assert torch.equal(saved["index"], torch.arange(TEST_ROWS))
+    assert saved["index"].tolist() == list(range(TEST_ROWS))
     loaded = load_run(run)
     rows = load_source(loaded.plan, "test").rows
     assert saved["labels"].tolist() == [r["label"] for r in rows]
@@ -145,7 +145,17 @@ def test_embed_text_of_the_train_split(trained: tuple[Path, str], tmp_path: Path
     out = tmp_path / "text.safetensors"
     result = CliRunner().invoke(app, ["embed", str(run), "--modality", "text", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert load_file(str(out))["embeddings"].shape == (256, 16)
+    saved = load_file(str(out))
+    assert saved["embeddings"].shape == (256, 32)  # pooled by default: the text encoder's width, as kNN scores
+    assert list(safetensors_header(out)) == ["embeddings", "index", "labels"]  # the embeddings come first
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """Tensor name -> entry, in the order of their bytes in the file (safetensors format: u64 size + JSON)."""
+    data = path.read_bytes()
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    header.pop("__metadata__", None)
+    return dict(sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]))
 
 
 def test_embed_unknown_modality(trained: tuple[Path, str], tmp_path: Path) -> None:

@@ -61,9 +61,13 @@ def stopped(plan: Plan, run_a: Path, tmp_path_factory: pytest.TempPathFactory) -
     # A resumed run reuses its folder's processors. Give this run the same ones as run A: the WordPiece trainer of
     # `tokenizers` orders tokens of equal frequency differently from process to process, so two *fresh* runs
     # may number the same vocabulary differently.
+    # Copying run A's setup (processors, labels, recipe, run.json) makes a run with no checkpoint yet, which
+    # --resume starts from step 0 with that setup.
     out.mkdir()
     shutil.copytree(run_a / "processors", out / "processors")
-    result = train(plan, out, stop_after=4)
+    for name in ("labels.json", "recipe.yaml", "run.json"):
+        shutil.copy(run_a / name, out / name)
+    result = train(plan, out, resume=True, stop_after=4)
     assert not result.finished and result.step == 4
     return out
 

@@ -10,11 +10,12 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from mmssl.data.labels import LabelError, parse_label_column
 from mmssl.registry import Registry, RegistryError
 
 
@@ -26,12 +27,17 @@ class Source:
         rows: Row dicts mapping column names to raw values (paths, arrays, strings, numbers).
         class_names: Names of the integer classes in the ``label`` column, when there is one.
         origin: Where the rows came from, for error messages.
+        label_names: Set while the ``label`` column holds class names (text) not yet numbered: the sorted names
+            this source holds. ``mmssl.build.load_source`` numbers them by the run's one label space.
+        unlabelled: Rows without a label (kept for pretraining, left out of supervised evaluations).
     """
 
     rows: Sequence[dict[str, Any]]
     class_names: list[str] | None = None
     origin: str = ""
     columns: list[str] = field(default_factory=list)
+    label_names: list[str] | None = None
+    unlabelled: int = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -71,12 +77,37 @@ class ManifestOptions(SourceOptions):
     path_columns: list[str] = Field(
         default_factory=list, description="Columns holding file paths, resolved relative to the manifest's folder."
     )
-    label_column: str | None = Field(None, description="Column with class labels (names or integers).")
+    label_column: str | None = Field(
+        None,
+        description="Column with class labels: integers (class indices) or names (numbered over the union of all "
+        "splits, sorted, unless `class_names` gives the order). Mixed names and integers are an error.",
+    )
+    class_names: list[str] | None = Field(
+        None,
+        description="The classes in index order: name labels are numbered by it (a name not in it is an error), "
+        "integer labels index it.",
+    )
+    missing_labels: Literal["error", "unlabelled"] = Field(
+        "error",
+        description="A row without a label: `error`, or `unlabelled` (trained on, left out of supervised "
+        "evaluations, counted in the run's labels.json).",
+    )
+    split_column: str | None = Field(None, description="Column naming each row's split (e.g. train / test).")
+    split: str | int | None = Field(None, description="Keep only rows whose `split_column` equals this value.")
+
+    @model_validator(mode="after")
+    def _split_pair(self) -> ManifestOptions:
+        if (self.split_column is None) != (self.split is None):
+            raise ValueError("`split_column` and `split` go together: give both or neither")
+        return self
 
 
 @register_source("manifest", ManifestOptions)
 def load_manifest(options: ManifestOptions, base: Path) -> Source:
-    """Rows from a JSONL, CSV or Parquet manifest; string labels become class indices (sorted names)."""
+    """Rows from a JSONL, CSV or Parquet manifest (optionally one split of it, by ``split_column``).
+
+    Integer labels are class indices; name labels are numbered by ``class_names``, or else once for the whole
+    dataset by ``mmssl.build.load_source`` (never per split)."""
     file = Path(options.path)
     file = file if file.is_absolute() else base / file
     if not file.is_file():
@@ -98,6 +129,14 @@ def load_manifest(options: ManifestOptions, base: Path) -> Source:
         rows = pd.read_parquet(file).to_dict("records")
     else:
         raise ValueError(f"manifest {file}: expected a .jsonl, .csv or .parquet file")
+    numbers = list(range(1, len(rows) + 1))  # 1-based data rows of the file, for messages
+    if options.split_column is not None:
+        if rows and options.split_column not in rows[0]:
+            raise KeyError(
+                f"manifest {file}: split_column {options.split_column!r} not found; columns are {list(rows[0])}"
+            )
+        kept = [i for i, row in enumerate(rows) if str(row.get(options.split_column)) == str(options.split)]
+        rows, numbers = [rows[i] for i in kept], [numbers[i] for i in kept]
     if options.limit:
         rows = rows[: options.limit]
     columns = list(rows[0]) if rows else []
@@ -108,18 +147,30 @@ def load_manifest(options: ManifestOptions, base: Path) -> Source:
         for name in options.path_columns:
             if row.get(name) not in (None, ""):
                 row[name] = (file.parent / row[name]).resolve()
-    class_names = None
+    source = Source(rows, options.class_names, origin=str(file), columns=columns)
     if options.label_column:
-        labels = [row[options.label_column] for row in rows]
-        if all(isinstance(v, int) or (isinstance(v, str) and v.lstrip("-").isdigit()) for v in labels):
-            for row in rows:
-                row["label"] = int(row[options.label_column])
-        else:
-            class_names = sorted({str(v) for v in labels})
-            lookup = {name: i for i, name in enumerate(class_names)}
-            for row in rows:
-                row["label"] = lookup[str(row[options.label_column])]
-    return Source(rows, class_names, origin=str(file), columns=columns)
+        _read_labels(source, options, [f"{file} row {n}" for n in numbers])
+    return source
+
+
+def _read_labels(source: Source, options: ManifestOptions, where: list[str]) -> None:
+    """Parse the label column into ``row["label"]``: integers as given, names numbered by ``class_names`` or left
+    as text for the run's label space (``Source.label_names``)."""
+    column = options.label_column
+    labels, source.unlabelled = parse_label_column(
+        [row.get(column) for row in source.rows], where.__getitem__, options.missing_labels
+    )
+    names = options.class_names
+    for i, (row, label) in enumerate(zip(source.rows, labels, strict=True)):
+        if isinstance(label, str) and names is not None:
+            if label not in names:
+                raise LabelError(f"{where[i]}: label {label!r} is not one of class_names {names[:10]}")
+            label = names.index(label)
+        elif isinstance(label, int) and names is not None and not 0 <= label < len(names):
+            raise LabelError(f"{where[i]}: label {label} is not an index of the {len(names)} class_names")
+        row["label"] = label
+    if names is None and any(isinstance(label, str) for label in labels):
+        source.label_names = sorted({label for label in labels if isinstance(label, str)})
 
 
 class ConcatOptions(SourceOptions):
@@ -168,10 +219,22 @@ def load_concat(options: ConcatOptions, base: Path) -> Source:
     columns: list[str] = []
     names: list[list[str]] = []
     origins = []
+    label_names: set[str] = set()
+    integer_labels, unlabelled = "", 0
     for part in options.parts:
         kind, part_options = resolve_part(part)
         source = kind.load(part_options, base)
         rows.extend(source.rows)
+        unlabelled += source.unlabelled
+        if source.label_names is not None:
+            label_names.update(source.label_names)
+        elif any(row.get("label") is not None for row in source.rows):
+            integer_labels = source.origin or kind.name
+        if label_names and integer_labels:
+            raise LabelError(
+                f"concat: part {integer_labels} has integer labels while another part has class names; the parts "
+                "must label their rows the same way"
+            )
         columns.extend(c for c in source.columns or (list(source.rows[0]) if len(source) else []) if c not in columns)
         if source.class_names is not None:
             names.append(list(source.class_names))
@@ -179,4 +242,5 @@ def load_concat(options: ConcatOptions, base: Path) -> Source:
     if options.limit:
         rows = rows[: options.limit]
     class_names = names[0] if names and all(n == names[0] for n in names) else None
-    return Source(rows, class_names, origin=f"concat({'; '.join(origins)})", columns=columns)
+    origin = f"concat({'; '.join(origins)})"
+    return Source(rows, class_names, origin, columns, sorted(label_names) if label_names else None, unlabelled)

@@ -7,6 +7,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+MARKER = "mmssl_export.json"
+"""Every export folder holds this file; only a folder holding it is ever replaced by a new export."""
+
 
 def write_folder(output: Path, fill: Callable[[Path], None], marker: str) -> Path:
     """Run ``fill(tmp)`` on an empty temporary folder next to ``output``, then rename it to ``output``.

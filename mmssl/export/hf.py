@@ -17,7 +17,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from mmssl.export.card import model_card
-from mmssl.export.files import write_folder
+from mmssl.export.files import MARKER, write_folder
 from mmssl.released.adapt import merge_lora
 
 #: Files copied from the released folder (or the text processor's tokenizer folder) when present.
@@ -31,7 +31,6 @@ PREPROCESSING_FILES = (
     "preprocessor_config.json",
 )
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
-MARKER = "mmssl_export.json"
 
 
 def transformers_modalities(recipe: Any) -> list[str]:
@@ -87,7 +86,7 @@ mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
 embedding = {pool}"""
 
 
-def export_hf(run_dir: Path, output: Path, modality: str | None = None) -> Path:
+def export_hf(run_dir: Path, output: Path, modality: str | None = None, trust_plugins: bool = False) -> Path:
     """Write the run's transformers encoder of ``modality`` (LoRA merged) as a Hugging Face model folder.
 
     Raises:
@@ -96,7 +95,7 @@ def export_hf(run_dir: Path, output: Path, modality: str | None = None) -> Path:
     """
     from mmssl.run import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, trust_plugins=trust_plugins)
     recipe = run.plan.recipe
     m = pick_modality(recipe, modality)
     released = run.plan.released[m]

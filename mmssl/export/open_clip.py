@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mmssl.export.card import model_card
-from mmssl.export.files import write_folder
+from mmssl.export.files import MARKER, write_folder
 from mmssl.released.adapt import merge_lora
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -108,7 +108,7 @@ def _write_folder(output: Path, files: dict[str, bytes | dict[str, Tensor]]) -> 
             else:
                 (tmp / name).write_bytes(content)
 
-    write_folder(output, fill, CONFIG_FILE)
+    write_folder(output, fill, MARKER)  # not CONFIG_FILE: a downloaded open_clip model has one too
 
 
 def _snippet(name: str, builtin: bool, output: Path) -> str:
@@ -140,7 +140,7 @@ def _snippet(name: str, builtin: bool, output: Path) -> str:
     return "\n".join(lines)
 
 
-def export_open_clip(run_dir: Path, output: Path) -> Path:
+def export_open_clip(run_dir: Path, output: Path, trust_plugins: bool = False) -> Path:
     """Write the run's two open_clip towers back as one open_clip model in ``output``; returns ``output``.
 
     Raises:
@@ -157,7 +157,7 @@ def export_open_clip(run_dir: Path, output: Path) -> Path:
     if not recipe_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not an mmssl run folder (no recipe.yaml)")
     find_towers(parse_recipe(load_yaml(recipe_file), str(recipe_file)))  # fail before loading any weights
-    run = load_run(run_dir)
+    run = load_run(run_dir, trust_plugins=trust_plugins)
     recipe = run.plan.recipe
     image, text = find_towers(recipe)
     spec = recipe.modalities[image].encoder
@@ -223,6 +223,7 @@ def export_open_clip(run_dir: Path, output: Path) -> Path:
         CONFIG_FILE: (json.dumps({"model_cfg": config, "preprocess_cfg": preprocess}, indent=2) + "\n").encode(),
         f"{MODEL_CONFIGS}/{export_name}.json": (json.dumps(config, indent=2) + "\n").encode(),
         "README.md": card.encode(),
+        MARKER: (json.dumps({"run": str(run_dir.resolve()), "format": "open_clip"}) + "\n").encode(),
     }
     _write_folder(output, files)
     return output

@@ -16,19 +16,17 @@ from typing import Any
 from safetensors.torch import save_file
 
 from mmssl.export.card import model_card
-from mmssl.export.files import write_folder
+from mmssl.export.files import MARKER, write_folder
 from mmssl.recipe import dump_recipe
 from mmssl.released.adapt import merge_lora
 
-MARKER = "mmssl_export.json"
 
-
-def export_safetensors(run_dir: Path, output: Path) -> Path:
+def export_safetensors(run_dir: Path, output: Path, trust_plugins: bool = False) -> Path:
     """Write the run's model (LoRA merged) as ``model.safetensors`` plus its preprocessing and card."""
     from mmssl.run import load_run
 
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
+    run = load_run(run_dir, trust_plugins=trust_plugins)
     recipe = run.plan.recipe
     model = merge_lora(copy.deepcopy(run.model))
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

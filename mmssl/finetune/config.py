@@ -42,6 +42,7 @@ class FinetuneConfig:
     val_fraction: float = 0.1
     save_features: bool = False
     device: str = "cpu"
+    trust_plugins: bool = False
 
     def resolved(self) -> FinetuneConfig:
         """Check the choices and fill in the mode's defaults."""

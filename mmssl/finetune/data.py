@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 from torch import Tensor
 
 from mmssl.data.dataset import is_missing
+from mmssl.data.labels import LabelError, parse_label_column
 from mmssl.data.sources import ManifestOptions, load_manifest
 from mmssl.finetune.config import FinetuneError
 
@@ -92,23 +92,17 @@ def read_labelled(path: Path, column: str, label: str, column_kind: str = "auto"
     return LabelledRows(path, values, labels, rows, column_kind, len(source.rows) - len(values))
 
 
-def _class_key(value: Any) -> Any:
-    if isinstance(value, bool | np.bool_):
-        return str(value)
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating) and math.isfinite(value) and float(value).is_integer():
-        return int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-        return int(value)
-    return str(value)
-
-
-def encode_labels(train: LabelledRows, test: LabelledRows, label: str, task: str) -> Targets:
+def encode_labels(
+    train: LabelledRows, test: LabelledRows, label: str, task: str, run_classes: list[str] | None = None
+) -> Targets:
     """Class indices over the sorted classes of the training manifest, or float targets.
 
+    With ``run_classes`` (the class names of the encoder's run) and name labels all among them, the classes keep
+    the run's numbering, so the head's class ``i`` is the run's class ``i``.
+
     Raises:
-        FinetuneError: One class only, test classes unseen in training, or regression labels that are not numbers.
+        FinetuneError: One class only, test classes unseen in training, regression labels that are not numbers,
+            or class labels mixing names and integers or holding a non-integer number (file, row and value named).
     """
     if task == "regression":
 
@@ -128,11 +122,15 @@ def encode_labels(train: LabelledRows, test: LabelledRows, label: str, task: str
             return torch.tensor(out, dtype=torch.float64)
 
         return Targets(numbers(train), numbers(test))
-    train_keys = [_class_key(v) for v in train.labels]
-    test_keys = [_class_key(v) for v in test.labels]
-    if len({type(k) for k in train_keys + test_keys}) > 1:  # mixed numbers and names: compare as text
-        train_keys, test_keys = [str(k) for k in train_keys], [str(k) for k in test_keys]
+    where = [f"{train.path} row {r + 1}" for r in train.rows] + [f"{test.path} row {r + 1}" for r in test.rows]
+    try:
+        keys, _ = parse_label_column(train.labels + test.labels, where.__getitem__)
+    except LabelError as err:
+        raise FinetuneError(str(err)) from None
+    train_keys, test_keys = keys[: len(train.labels)], keys[len(train.labels) :]
     classes = sorted(set(train_keys))
+    if run_classes and all(isinstance(k, str) and k in run_classes for k in train_keys + test_keys):
+        classes = [c for c in run_classes if c in set(train_keys)]
     if len(classes) < 2:
         raise FinetuneError(
             f"{train.path}: label column {label!r} has one class ({classes[0]!r}); classification needs at least "

@@ -46,7 +46,9 @@ def recipe_column(path: Path, modality: str) -> str:
     return str((spec.get("column") if isinstance(spec, dict) else None) or modality)
 
 
-def load_encoder(path: Path, modality: str, fit_values: list[Any], seed: int) -> tuple[nn.Module, Processor, str, bool]:
+def load_encoder(
+    path: Path, modality: str, fit_values: list[Any], seed: int, trust_plugins: bool = False
+) -> tuple[nn.Module, Processor, str, bool]:
     """``(encoder, processor, kind, released)`` of ``modality``.
 
     A run folder gives its trained encoder and fitted processor. A recipe gives a released encoder
@@ -60,7 +62,7 @@ def load_encoder(path: Path, modality: str, fit_values: list[Any], seed: int) ->
     if kind == "run":
         from mmssl.run import load_run
 
-        run = load_run(path)
+        run = load_run(path, trust_plugins=trust_plugins)
         released = run.plan.recipe.modalities[modality].encoder is not None
         return run.model.encoders[modality], run.processors[modality], kind, released
     tree = load_yaml(recipe_file)

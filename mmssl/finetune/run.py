@@ -44,8 +44,10 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] | None = print) -> 
     column = recipe_column(cfg.encoder, cfg.modality)  # checks the encoder path and the modality first
     column = cfg.column or column
     train, test = (read_labelled(p, column, cfg.label, cfg.column_kind, cfg.modality) for p in (cfg.train, cfg.test))
-    targets = encode_labels(train, test, cfg.label, cfg.task)
-    encoder, processor, kind, released = load_encoder(cfg.encoder, cfg.modality, train.values, cfg.seed)
+    targets = encode_labels(train, test, cfg.label, cfg.task, run_class_names(cfg.encoder))
+    encoder, processor, kind, released = load_encoder(
+        cfg.encoder, cfg.modality, train.values, cfg.seed, cfg.trust_plugins
+    )
     classification = cfg.task == "classification"
     num_classes = len(targets.classes) if classification else 1
     fit_idx, val_idx = validation_split(targets.train, cfg.val_fraction, classification, cfg.seed)
@@ -135,6 +137,15 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] | None = print) -> 
     ckpt.atomic_write_text(out / "finetune.json", json.dumps(settings, indent=2) + "\n")
     ckpt.atomic_write_text(out / "eval.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return FinetuneResult(metrics, encoder.cpu(), head, best, history, predictions)
+
+
+def run_class_names(encoder: Path) -> list[str] | None:
+    """The class names of a run folder's label space (its ``labels.json``), when its labels were names."""
+    path = Path(encoder) / "labels.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return data.get("class_names") if data.get("named") else None
 
 
 def _fresh_dir(path: Path) -> Path:

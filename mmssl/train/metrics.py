@@ -38,6 +38,14 @@ class MetricLogger:
 
             self.writer = SummaryWriter(str(output / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
+    def state(self) -> dict[str, dict[str, float]]:
+        """The sums of the interval not yet logged (a checkpoint keeps them, so a resumed run logs the same means)."""
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state(self, state: dict[str, dict[str, float]]) -> None:
+        self.sums.update(state.get("sums", {}))
+        self.counts.update({k: int(v) for k, v in state.get("counts", {}).items()})
+
     def accumulate(self, terms: dict[str, Tensor]) -> None:
         for key, value in terms.items():
             self.sums[key] += float(value.detach().float().mean())

@@ -24,19 +24,32 @@ from mmssl.build import (
     build_model,
     build_processors,
     build_train_module,
+    label_space,
     load_processors,
     load_source,
     probe_batches,
     save_processors,
 )
 from mmssl.data.dataset import Collator, ViewDataset
+from mmssl.data.labels import LabelSpace
 from mmssl.data.sampler import ResumableBatchSampler
 from mmssl.eval.monitors import TrainingMonitor
+from mmssl.plugins import check_plugin_files, plugin_file_records
 from mmssl.recipe import dump_recipe
 from mmssl.released.adapt import count_parameters
 from mmssl.train import checkpoint as ckpt
 from mmssl.train.metrics import MetricLogger
 from mmssl.train.optim import build_optimizer
+from mmssl.train.run_folder import (
+    RunExistsError,
+    check_output,
+    check_resume_recipe,
+    read_meta,
+    record_resume,
+    write_setup,
+)
+
+__all__ = ["RunExistsError", "TrainResult", "train"]
 from mmssl.train.schedule import lr_multiplier
 
 
@@ -45,18 +58,6 @@ class TrainResult:
     output: Path
     step: int
     finished: bool
-
-
-class RunExistsError(FileExistsError):
-    pass
-
-
-def prepare_output(output: Path, resume: bool, is_main: bool) -> None:
-    has_run = (output / "checkpoints").exists() or (output / "model.safetensors").exists()
-    if has_run and not resume:
-        raise RunExistsError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
-    if is_main:
-        output.mkdir(parents=True, exist_ok=True)
 
 
 def _cpu_processes() -> bool:
@@ -84,15 +85,31 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=spec.find_unused_parameters)],
     )
     output = Path(output)
-    prepare_output(output, resume, accelerator.is_main_process)
+    recipe_yaml = dump_recipe(recipe)
+    reuse = check_output(output, resume)
+    changes = {}
+    if reuse:  # one run, one recipe: only run length, schedule, logging and cadence may change
+        changes = check_resume_recipe(output, recipe_yaml)
+        check_plugin_files(recipe.plugins, recipe.base_dir, read_meta(output).get("plugins", {}), str(output))
+        if (output / "labels.json").is_file():
+            plan.labels = LabelSpace.from_json(json.loads((output / "labels.json").read_text()))
+    accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
     set_seed(recipe.seed)
 
     train_source = load_source(plan, "train")
     processors_dir = output / "processors"
-    if accelerator.is_main_process and not processors_dir.exists():
-        save_processors(build_processors(plan, train_source), processors_dir)
-        ckpt.atomic_write_text(output / "recipe.yaml", dump_recipe(recipe))
-        ckpt.atomic_write_text(output / "run.json", json.dumps({"base_dir": str(recipe.base_dir.resolve())}))
+    if accelerator.is_main_process and not reuse:
+        meta = {
+            "base_dir": str(recipe.base_dir.resolve()),
+            "plugins": plugin_file_records(recipe.plugins, recipe.base_dir),
+        }
+        write_setup(
+            output,
+            lambda folder: save_processors(build_processors(plan, train_source), folder),
+            label_space(plan).to_json(),
+            recipe_yaml,
+            meta,
+        )
     accelerator.wait_for_everyone()
     processors = load_processors(plan, processors_dir)
 
@@ -112,14 +129,16 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
 
     checkpoints = output / "checkpoints"
     step = 0
-    if resume:
-        found = ckpt.latest_checkpoint(checkpoints)
-        if found is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints}")
+    found = ckpt.latest_checkpoint(checkpoints) if reuse else None
+    if found is not None:
         step = ckpt.load_checkpoint(
             found, accelerator.unwrap_model(module), optimizer, scheduler, accelerator.process_index
         )
         accelerator.print(f"resumed from {found} at step {step}")
+    elif reuse:
+        accelerator.print(f"{output} has no checkpoint yet: starting from step 0 with its saved setup")
+    if reuse and accelerator.is_main_process:
+        record_resume(output, step, changes, recipe_yaml)
 
     views = plan.views()
     dataset = ViewDataset(train_source, {m: recipe.column_of(m) for m in views}, processors, views, recipe.seed)
@@ -142,6 +161,8 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
     )
     batches = iter(loader)
     logger = MetricLogger(output, enabled=accelerator.is_main_process, resume_step=step)
+    if found is not None and (found / f"metrics_rank{accelerator.process_index}.json").is_file():
+        logger.load_state(json.loads((found / f"metrics_rank{accelerator.process_index}.json").read_text()))
     # -- label-free monitors (train.monitor_every): a fixed held batch, embedded on the main process only --
     monitor = None
     if spec.monitor_every and accelerator.is_main_process:
@@ -193,7 +214,9 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 last_time, rows_seen = now, 0
             if (spec.checkpoint_every and step % spec.checkpoint_every == 0) or step == spec.steps:
-                save_checkpoint(accelerator, checkpoints, step, module, optimizer, scheduler, spec.keep_checkpoints)
+                save_checkpoint(
+                    accelerator, checkpoints, step, module, optimizer, scheduler, spec.keep_checkpoints, logger
+                )
             if stop_after is not None and step >= stop_after and step < spec.steps:
                 return TrainResult(output, step, finished=False)
     finally:
@@ -208,11 +231,18 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
     return TrainResult(output, step, finished=True)
 
 
-def save_checkpoint(accelerator: Accelerator, root: Path, step: int, module, optimizer, scheduler, keep: int) -> None:
+def save_checkpoint(
+    accelerator: Accelerator, root: Path, step: int, module, optimizer, scheduler, keep: int,
+    logger: MetricLogger | None = None,
+) -> None:  # fmt: skip
     if accelerator.is_main_process:
         ckpt.begin_checkpoint(root, step)
     accelerator.wait_for_everyone()
-    ckpt.write_rng(ckpt.staging_dir(root, step), accelerator.process_index)
+    staging = ckpt.staging_dir(root, step)
+    ckpt.write_rng(staging, accelerator.process_index)
+    if logger is not None:  # the part of the logging interval already run, so a resume logs the same mean
+        rank = accelerator.process_index
+        (staging / f"metrics_rank{rank}.json").write_text(json.dumps(logger.state()))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         ckpt.finish_checkpoint(root, step, accelerator.unwrap_model(module), optimizer, scheduler, keep)
