@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -125,11 +125,13 @@ class TrainSpec(Strict):
         ),
     )
 
-    @model_validator(mode="after")
-    def _warmup_within_steps(self) -> TrainSpec:
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) is larger than steps ({self.steps})")
-        return self
+    @field_validator("warmup_steps")
+    @classmethod
+    def _warmup_within_steps(cls, warmup: int, info: ValidationInfo) -> int:
+        steps = info.data.get("steps")
+        if steps is not None and warmup > steps:
+            raise ValueError(f"warmup_steps ({warmup}) is larger than steps ({steps})")
+        return warmup
 
 
 class Recipe(Strict):
