@@ -90,6 +90,7 @@ def test_export_loads_in_open_clip_without_mmssl(tmp_path: Path) -> None:
     out = export_open_clip(tmp_path / "run", tmp_path / "export")
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md",
+        "mmssl_export.json",  # marks the folder as this exporter's own, the only kind it replaces
         "model_configs",
         "open_clip_config.json",
         "open_clip_model.safetensors",

@@ -427,3 +427,28 @@ def test_plugin_is_found_through_entry_point(options: TextOptions) -> None:
     proc = found.build_processor(options, CAPTIONS)
     assert isinstance(proc, Processor)
     assert isinstance(found.build_encoder(options, proc), torch.nn.Module)
+
+
+def test_trained_tokenizer_keeps_accents_by_default() -> None:
+    from mmssl_text import train_tokenizer
+
+    texts = ["el año nuevo", "un ano", "año tras año", "ano y año"] * 5
+    kept = train_tokenizer(texts, vocab_size=64)
+    assert "año" in kept.encode("año").tokens and kept.encode("año").ids != kept.encode("ano").ids
+    stripped = train_tokenizer(texts, vocab_size=64, strip_accents=True)
+    assert stripped.encode("año").ids == stripped.encode("ano").ids
+    assert TextOptions().strip_accents is False
+
+
+def test_ascii_captions_tokenize_as_with_accent_stripping() -> None:
+    """The quickstart's captions are ASCII: keeping accents changes nothing the tokenizer trains on or reads.
+
+    (The trained vocabularies themselves may differ run to run: WordPiece breaks frequency ties in hash order.)
+    """
+    from mmssl.data.fashion_mnist import CAPTION_TEMPLATES, CLASS_NAMES
+    from mmssl_text import train_tokenizer
+
+    captions = [template.format(name) for template in CAPTION_TEMPLATES for name in CLASS_NAMES]
+    new, old = train_tokenizer(captions, 400), train_tokenizer(captions, 400, strip_accents=True)
+    for caption in [*captions, "A Photo Of Ankle-Boots!"]:
+        assert new.normalizer.normalize_str(caption) == old.normalizer.normalize_str(caption) == caption.lower()

@@ -17,7 +17,6 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from mmssl.build import (
     Plan,
@@ -40,6 +39,7 @@ from mmssl.released.adapt import count_parameters
 from mmssl.train import checkpoint as ckpt
 from mmssl.train.metrics import MetricLogger
 from mmssl.train.optim import build_optimizer
+from mmssl.train.progress import progress
 from mmssl.train.run_folder import (
     RunExistsError,
     check_output,
@@ -175,7 +175,7 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
             recipe.seed,
         )
     # -- end monitors --
-    bar = tqdm(total=spec.steps, initial=step, disable=not accelerator.is_main_process, desc=recipe.name)
+    bar = progress(spec.steps, step, recipe.name, disable=not accelerator.is_main_process)
     module.train()
     last_time, rows_seen = time.perf_counter(), 0
     try:

@@ -21,8 +21,11 @@ class TextOptions(BaseModel):
     )
     vocab_size: int = Field(8000, ge=8, description="Vocabulary size of a trained tokenizer (special tokens included).")
     min_frequency: int = Field(1, ge=1, description="Minimum count of a merge for a trained tokenizer to keep it.")
-    lowercase: bool = Field(
-        True, description="A trained tokenizer lower-cases and strips accents (NFD) before splitting."
+    lowercase: bool = Field(True, description="A trained tokenizer lower-cases texts before splitting.")
+    strip_accents: bool = Field(
+        False,
+        description="A trained tokenizer also strips accents (NFD, combining marks removed: 'año' becomes 'ano', "
+        "as in English BERT). Off by default: it merges distinct words in many languages.",
     )
     max_length: int = Field(
         64, ge=2, description="Texts are truncated to this many tokens, special ones included; size of the positions."

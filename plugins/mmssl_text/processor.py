@@ -197,7 +197,8 @@ def build_processor(options: TextOptions, corpus: Iterable[Any] | None = None) -
         return TextProcessor(tokenizer, specials, options)
     counter = [0]
     tokenizer = train_tokenizer(
-        _decoded(corpus or (), counter), options.vocab_size, options.min_frequency, options.lowercase
+        _decoded(corpus or (), counter), options.vocab_size, options.min_frequency, options.lowercase,
+        options.strip_accents,
     )
     if counter[0] == 0:
         raise ValueError("text modality: no training texts to train a tokenizer on (or set options.tokenizer)")

@@ -76,7 +76,11 @@ class SpecialTokens:
 
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 1, lowercase: bool = True
+    texts: Iterable[str],
+    vocab_size: int = 8000,
+    min_frequency: int = 1,
+    lowercase: bool = True,
+    strip_accents: bool = False,
 ) -> Tokenizer:
     """Train a BERT-style WordPiece tokenizer.
 
@@ -84,15 +88,19 @@ def train_tokenizer(
         texts: Training texts.
         vocab_size: Vocabulary size, the five special tokens included.
         min_frequency: Minimum count of a merge to keep it.
-        lowercase: Lower-case and strip accents (after NFD) before splitting.
+        lowercase: Lower-case before splitting.
+        strip_accents: Strip accents (NFD, then drop combining marks); otherwise texts are NFC-normalised and
+            keep them ("año" stays "año").
 
     Returns:
         A tokenizer whose post-processor wraps every text as ``[CLS] ... [SEP]``; no padding or truncation set.
     """
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    steps: list[normalizers.Normalizer] = [normalizers.NFD()]
+    steps: list[normalizers.Normalizer] = [normalizers.NFD() if strip_accents else normalizers.NFC()]
     if lowercase:
-        steps += [normalizers.Lowercase(), normalizers.StripAccents()]
+        steps.append(normalizers.Lowercase())
+    if strip_accents:
+        steps.append(normalizers.StripAccents())
     tokenizer.normalizer = normalizers.Sequence(steps)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(
