@@ -1,4 +1,5 @@
-"""One label space per dataset: every split numbers its classes the same way, and bad labels name file, row, value.
+"""One label space per dataset: every split numbers its classes the same way, and bad labels name file, row, value
+(as ``mmssl.data.labels.LabelError``, a ValueError).
 
 The kNN checks use the real ``knn`` evaluator's raw-pixel baseline with k=1 and test = (a subset of) the train
 images: each test image's nearest neighbour is itself, so the score is 1.000 exactly when a class has the same
@@ -17,7 +18,6 @@ import pytest
 import yaml
 
 from mmssl.build import build_model, build_processors, load_source, validate_plugin_sections
-from mmssl.data.labels import LabelError
 from mmssl.eval.base import EvalContext, run_evaluations
 from mmssl.eval.embed import labelled_values
 from mmssl.recipe import load_recipe
@@ -127,7 +127,7 @@ def bad_manifest_error(tmp_path: Path, name: str, text: str, **options: Any) -> 
     path = tmp_path / name
     path.write_text(text)
     plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, manifest(path, **options), manifest(path))))
-    with pytest.raises(LabelError) as err:
+    with pytest.raises(ValueError) as err:
         load_source(plan, "train")
     assert str(path) in str(err.value)
     return str(err.value)
@@ -170,7 +170,7 @@ def test_names_in_one_split_integers_in_another_are_refused(tmp_path: Path) -> N
     train = write_jsonl(tmp_path / "train.jsonl", [{"image": images[0], "label": "cat"}])
     test = write_jsonl(tmp_path / "test.jsonl", [{"image": images[1], "label": 0}])
     plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, manifest(train), manifest(test))))
-    with pytest.raises(LabelError, match=r"data.train \(.*train.jsonl\) has class names .* data.test .* integer"):
+    with pytest.raises(ValueError, match=r"data.train \(.*train.jsonl\) has class names .* data.test .* integer"):
         load_source(plan, "train")
 
 
@@ -187,7 +187,7 @@ def test_manifest_split_column_selects_rows(tmp_path: Path) -> None:
     plan = validate_plugin_sections(
         load_recipe(write_recipe(tmp_path, manifest(bad, split_column="fold", split="test"), manifest(bad)))
     )
-    with pytest.raises(LabelError, match=r"bad.jsonl row 6: label 0.5"):
+    with pytest.raises(ValueError, match=r"bad.jsonl row 6: label 0.5"):
         load_source(plan, "train")
 
 
@@ -215,3 +215,31 @@ def test_run_keeps_its_label_space(tmp_path: Path) -> None:
     write_jsonl(train_file, rows[:2])  # the data shrinks after training: the run's numbering must not move
     run = load_run(tmp_path / "run")
     assert [r["label"] for r in load_source(run.plan, "test").rows] == [sorted(NAMES).index(NAMES[i]) for i in (2, 3)]
+
+
+def labelled(path: Path, labels: list[Any]):
+    from mmssl.finetune.data import LabelledRows
+
+    return LabelledRows(path, [f"v{i}" for i in range(len(labels))], labels, list(range(len(labels))), "value")
+
+
+def test_finetune_mixed_labels_name_file_row_and_value(tmp_path: Path) -> None:
+    from mmssl.finetune.data import encode_labels
+
+    train, test = labelled(tmp_path / "train.csv", ["cat", "dog", 3]), labelled(tmp_path / "test.csv", ["cat"])
+    with pytest.raises(ValueError, match=r"train.csv row 3: label 3 is an integer but .*train.csv row 1 holds 'cat'"):
+        encode_labels(train, test, "label", "classification")
+    train = labelled(tmp_path / "train.csv", [0, 1, 1.5])
+    with pytest.raises(ValueError, match=r"train.csv row 3: label 1.5 is not an integer"):
+        encode_labels(train, test, "label", "classification")
+
+
+def test_finetune_keeps_the_run_class_order(tmp_path: Path) -> None:
+    from mmssl.finetune.data import encode_labels
+
+    train, test = labelled(tmp_path / "a.csv", ["dog", "cat", "emu", "dog"]), labelled(tmp_path / "b.csv", ["cat"])
+    run_classes = ["emu", "dog", "zebra", "cat"]
+    targets = encode_labels(train, test, "label", "classification", run_classes)
+    assert targets.classes == run_classes
+    assert targets.train.tolist() == [1, 3, 0, 1] and targets.test.tolist() == [3]
+    assert encode_labels(train, test, "label", "classification").classes == ["cat", "dog", "emu"]  # no run

@@ -14,7 +14,6 @@ from mmssl.build import validate_plugin_sections
 from mmssl.cli import app
 from mmssl.export.open_clip import _write_folder
 from mmssl.recipe import RecipeError, load_recipe
-from mmssl.train.progress import LineProgress, progress
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "recipes" / "tiny_image_text.yaml"
@@ -57,6 +56,8 @@ def test_concat_takes_parts_as_the_docs_say(tmp_path: Path) -> None:
 
 
 def test_progress_off_a_terminal_writes_plain_lines() -> None:
+    from mmssl.train.progress import LineProgress, progress
+
     stream = io.StringIO()
     bar = progress(10, 0, "demo", stream=stream)
     assert isinstance(bar, LineProgress)

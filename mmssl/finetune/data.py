@@ -97,8 +97,8 @@ def encode_labels(
 ) -> Targets:
     """Class indices over the sorted classes of the training manifest, or float targets.
 
-    With ``run_classes`` (the class names of the encoder's run) and name labels all among them, the classes keep
-    the run's numbering, so the head's class ``i`` is the run's class ``i``.
+    With ``run_classes`` (the class names of the encoder's run) and name labels all among them, the classes are
+    the run's, in its order, so the head's class ``i`` is the run's class ``i``.
 
     Raises:
         FinetuneError: One class only, test classes unseen in training, regression labels that are not numbers,
@@ -130,7 +130,7 @@ def encode_labels(
     train_keys, test_keys = keys[: len(train.labels)], keys[len(train.labels) :]
     classes = sorted(set(train_keys))
     if run_classes and all(isinstance(k, str) and k in run_classes for k in train_keys + test_keys):
-        classes = [c for c in run_classes if c in set(train_keys)]
+        classes = list(run_classes)
     if len(classes) < 2:
         raise FinetuneError(
             f"{train.path}: label column {label!r} has one class ({classes[0]!r}); classification needs at least "
