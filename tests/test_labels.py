@@ -243,3 +243,17 @@ def test_finetune_keeps_the_run_class_order(tmp_path: Path) -> None:
     assert targets.classes == run_classes
     assert targets.train.tolist() == [1, 3, 0, 1] and targets.test.tolist() == [3]
     assert encode_labels(train, test, "label", "classification").classes == ["cat", "dog", "emu"]  # no run
+
+
+def test_concat_numbers_names_over_all_its_parts(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "img", 4)
+    a = write_jsonl(tmp_path / "a.jsonl", [{"image": images[0], "label": "dog"}, {"image": images[1], "label": "ant"}])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"image": images[2], "label": "cat"}])
+    c = write_jsonl(tmp_path / "c.jsonl", [{"image": images[3], "label": 1}])
+    both = {"source": "concat", "parts": [manifest(a), manifest(b)]}
+    plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, both, manifest(b))))
+    assert [row["label"] for row in load_source(plan, "train").rows] == [2, 0, 1]  # ant, cat, dog
+    mixed = {"source": "concat", "parts": [manifest(a), manifest(c)]}
+    plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, mixed, manifest(b))))
+    with pytest.raises(ValueError, match=r"concat: part .*c.jsonl has integer labels while another part has class"):
+        load_source(plan, "train")
