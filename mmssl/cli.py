@@ -81,7 +81,9 @@ def _check_recorded_plugins(recipe: Path, overrides: list[str], output: Path) ->
     from mmssl.train.run_folder import read_meta
 
     files = apply_overrides(load_yaml(recipe), overrides).get("plugins") or []
-    check_plugin_files(list(files), recipe.resolve().parent, read_meta(output).get("plugins", {}), str(output))
+    meta = read_meta(output)
+    if "plugins" in meta:
+        check_plugin_files(list(files), recipe.resolve().parent, meta["plugins"], str(output))
 
 
 def _evaluate(run_dir: Path, trust_plugins: bool = False) -> None:

@@ -48,9 +48,9 @@ from mmssl.train.run_folder import (
     record_resume,
     write_setup,
 )
+from mmssl.train.schedule import lr_multiplier
 
 __all__ = ["RunExistsError", "TrainResult", "train"]
-from mmssl.train.schedule import lr_multiplier
 
 
 @dataclass
@@ -90,7 +90,9 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
     changes = {}
     if reuse:  # one run, one recipe: only run length, schedule, logging and cadence may change
         changes = check_resume_recipe(output, recipe_yaml)
-        check_plugin_files(recipe.plugins, recipe.base_dir, read_meta(output).get("plugins", {}), str(output))
+        meta = read_meta(output)
+        if "plugins" in meta:  # runs set up before plugin files were recorded have no record to compare with
+            check_plugin_files(recipe.plugins, recipe.base_dir, meta["plugins"], str(output))
         if (output / "labels.json").is_file():
             plan.labels = LabelSpace.from_json(json.loads((output / "labels.json").read_text()))
     accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
