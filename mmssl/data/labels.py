@@ -146,17 +146,17 @@ def resolve_label_space(sources: Mapping[str, Any]) -> LabelSpace:
     if named:
         space.named = True
         space.class_names = sorted(set().union(*(s.label_names for s in named.values())))
-    else:
-        given = [(k, s.class_names) for k, s in sources.items() if s.class_names]
-        if given:
-            space.class_names = list(given[0][1])
-            for k, names in given[1:]:
-                if list(names) != space.class_names:
-                    warnings.warn(
-                        f"data.{k} names its classes {list(names)[:5]}... but data.{given[0][0]} names them "
-                        f"{space.class_names[:5]}...; the run uses the names of data.{given[0][0]}",
-                        stacklevel=2,
-                    )
+    elif integer:  # integer labels are used as given; they have names when every labelled split agrees on them
+        given = {k: list(s.class_names) if s.class_names else None for k, s in integer.items()}
+        lists = list(given.values())
+        if lists[0] is not None and all(names == lists[0] for names in lists):
+            space.class_names = lists[0]
+        elif len({tuple(names) for names in lists if names is not None}) > 1:
+            warnings.warn(
+                f"the splits name their integer classes differently ({ {k: (v or [])[:3] for k, v in given.items()} }"
+                "...); each split keeps its own names",
+                stacklevel=2,
+            )
     if "train" in sources:
         seen = _classes(sources["train"].rows)
         for split, source in sources.items():
