@@ -94,8 +94,10 @@ def test_teacher_runs_resume_bit_identically(tmp_path: Path) -> None:
     train(plan, run_a)
     stopped = tmp_path / "stopped"
     stopped.mkdir()
-    shutil.copytree(run_a / "processors", stopped / "processors")
-    assert not train(plan, stopped, stop_after=4).finished
+    shutil.copytree(run_a / "processors", stopped / "processors")  # run A's setup: the same tokenizer
+    for name in ("labels.json", "recipe.yaml", "run.json"):
+        shutil.copy(run_a / name, stopped / name)
+    assert not train(plan, stopped, resume=True, stop_after=4).finished  # a setup without checkpoint: from step 0
     run_b = shutil.copytree(stopped, tmp_path / "b")
     assert train(plan, run_b, resume=True).finished
 
