@@ -42,6 +42,7 @@ def train(
 ) -> None:
     """Train a recipe; the run folder gets checkpoints, metrics.jsonl, tb/, model.safetensors and eval.json."""
     from mmssl.build import validate_plugin_sections
+    from mmssl.data.errors import DataErrorLimit
     from mmssl.recipe import RecipeError, load_recipe
     from mmssl.train.trainer import RunExistsError
     from mmssl.train.trainer import train as run_training
@@ -53,7 +54,7 @@ def train(
     plan = validate_plugin_sections(parsed, str(recipe))
     try:
         result = run_training(plan, output, resume=resume)
-    except RunExistsError as err:
+    except (RunExistsError, DataErrorLimit) as err:
         _fail(str(err))
     if evaluate and result.finished and plan.evaluations:
         _evaluate(output)

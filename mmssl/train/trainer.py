@@ -30,6 +30,7 @@ from mmssl.build import (
     save_processors,
 )
 from mmssl.data.dataset import Collator, ViewDataset
+from mmssl.data.errors import DataErrorPolicy, SkippedRow
 from mmssl.data.sampler import ResumableBatchSampler
 from mmssl.eval.monitors import TrainingMonitor
 from mmssl.recipe import dump_recipe
@@ -89,8 +90,13 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
 
     train_source = load_source(plan, "train")
     processors_dir = output / "processors"
+    skipped_log = output / "skipped.jsonl"
+    policy = DataErrorPolicy(
+        recipe.data.on_error, recipe.data.max_errors, skipped_log if accelerator.is_main_process else None
+    )
     if accelerator.is_main_process and not processors_dir.exists():
-        save_processors(build_processors(plan, train_source), processors_dir)
+        policy.restore(skipped_log, -1, rewrite=True)  # a fresh fit lists the rows it skips again
+        save_processors(build_processors(plan, train_source, policy), processors_dir)
         ckpt.atomic_write_text(output / "recipe.yaml", dump_recipe(recipe))
         ckpt.atomic_write_text(output / "run.json", json.dumps({"base_dir": str(recipe.base_dir.resolve())}))
     accelerator.wait_for_everyone()
@@ -120,9 +126,13 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
             found, accelerator.unwrap_model(module), optimizer, scheduler, accelerator.process_index
         )
         accelerator.print(f"resumed from {found} at step {step}")
+    # The skips up to the step resumed from (and those of fitting the processors, step 0) count on every process;
+    # the main process drops later ones from the list (an atomic rewrite, so the others read it whole).
+    policy.restore(skipped_log, step, rewrite=accelerator.is_main_process)
 
     views = plan.views()
-    dataset = ViewDataset(train_source, {m: recipe.column_of(m) for m in views}, processors, views, recipe.seed)
+    columns = {m: recipe.column_of(m) for m in views}
+    dataset = ViewDataset(train_source, columns, processors, views, recipe.seed, recipe.data.on_error)
     sampler = ResumableBatchSampler(
         len(dataset),
         spec.batch_size,
@@ -159,8 +169,10 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
     last_time, rows_seen = time.perf_counter(), 0
     try:
         while step < spec.steps:
+            skipped: list[SkippedRow] = []
             for micro in range(spec.grad_accum):
                 batch = next(batches).to(accelerator.device)
+                skipped += [s.at_step(step + 1) for s in batch.skipped]
                 rows_seen += len(batch)
                 sync = micro == spec.grad_accum - 1
                 with accelerator.no_sync(module) if not sync else _null():
@@ -177,6 +189,8 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if policy.skip:
+                policy.record(_all_processes(skipped, accelerator))
             accelerator.unwrap_model(module).after_optimizer_step(step, spec.steps)
             bar.update(1)
             monitor_due = spec.monitor_every > 0 and step % spec.monitor_every == 0  # same on every process
@@ -186,6 +200,8 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
                     "lr": scheduler.get_last_lr()[0],
                     "samples_per_s": rows_seen * accelerator.num_processes / (now - last_time),
                 }
+                if policy.skip:
+                    extra.update(policy.metrics())
                 if monitor is not None and monitor_due:
                     extra.update(monitor(accelerator.unwrap_model(module).model, step, accelerator.device, bar.write))
                     now = time.perf_counter()
@@ -217,6 +233,18 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, module, opt
     if accelerator.is_main_process:
         ckpt.finish_checkpoint(root, step, accelerator.unwrap_model(module), optimizer, scheduler, keep)
     accelerator.wait_for_everyone()
+
+
+def _all_processes(skipped: list[SkippedRow], accelerator: Accelerator) -> list[SkippedRow]:
+    """The skips of this step on every process, in rank order (the same list everywhere)."""
+    if accelerator.num_processes == 1:
+        return skipped
+    counts = accelerator.reduce(torch.tensor([len(skipped)], device=accelerator.device), reduction="sum")
+    if int(counts.item()) == 0:  # the usual case: one small all-reduce, no object gather
+        return []
+    gathered: list[list[SkippedRow]] = [[] for _ in range(accelerator.num_processes)]
+    torch.distributed.all_gather_object(gathered, skipped)
+    return [s for part in gathered for s in part]
 
 
 def _single_threaded_worker(worker_id: int) -> None:
