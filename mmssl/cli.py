@@ -60,27 +60,57 @@ def train(
         _evaluate(output)
 
 
-def _evaluate(run_dir: Path) -> None:
+def _evaluate(run_dir: Path, overrides: list[str] | None = None) -> None:
+    """Evaluate on the main process; exit 1 (on every process) when an evaluation failed."""
     from accelerate import PartialState
 
-    state = PartialState()
-    if state.is_main_process:
-        from mmssl.run import evaluate, load_run
+    from mmssl.eval.needs import evaluation_needs_errors
+    from mmssl.recipe import RecipeError
+    from mmssl.run import evaluate, load_run
 
-        results = evaluate(load_run(run_dir, state.device), state.device)
-        for key, value in results.items():
+    state = PartialState()
+    errors: dict[str, str] = {}
+    if state.is_main_process:
+        try:
+            run = load_run(run_dir, state.device, overrides)
+            problems = evaluation_needs_errors(run.plan)
+            if problems:
+                raise RecipeError(str(run_dir / "recipe.yaml"), problems)
+        except (FileNotFoundError, RecipeError, ValueError, KeyError) as err:
+            _fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
+        report = evaluate(run, state.device)
+        for key, value in report.results.items():
             typer.echo(f"{key:32s} {value:.4f}")
         typer.echo(f"wrote {run_dir / 'eval.json'}")
+        errors = report.errors
+        for name, error in errors.items():
+            typer.secho(f"evaluations[{report.index[name]}] ({name}) failed: {error}", fg=typer.colors.RED, err=True)
+        if errors:
+            first = report.index[next(iter(errors))]
+            typer.secho(
+                f"the other results stand in {run_dir / 'eval.json'}; fix the evaluation and run it again without "
+                f"training: mmssl eval {run_dir} evaluations.{first}.KEY=VALUE",
+                fg=typer.colors.RED,
+                err=True,
+            )
     state.wait_for_everyone()
+    if errors:
+        raise typer.Exit(code=1)
 
 
 @app.command("eval")
-def eval_(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmssl train`.")]) -> None:
-    """Run a run's evaluations and write RUN_DIR/eval.json."""
-    try:
-        _evaluate(run_dir)
-    except FileNotFoundError as err:
-        _fail(str(err))
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmssl train`.")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="key.path=value overrides of evaluations.* and of data splits other than train "
+            "(e.g. evaluations.1.class_names=[cat,dog] data.test.limit=1000); the trained model is not changed."
+        ),
+    ] = None,
+) -> None:
+    """Run a run's evaluations (with overrides) and write RUN_DIR/eval.json; exit 1 if one failed."""
+    _evaluate(run_dir, overrides or [])
 
 
 @app.command()

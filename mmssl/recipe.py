@@ -282,12 +282,15 @@ def parse_recipe(tree: dict[str, Any], source: str = "<recipe>", base_dir: Path 
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and fully validate a recipe file (both passes)."""
+    """Read, override and fully validate a recipe file (both passes, and what each evaluation needs from its data)."""
     from mmssl.build import validate_plugin_sections  # late import: plugins load only when needed
+    from mmssl.eval.needs import evaluation_needs_errors
 
     tree = apply_overrides(load_yaml(path), overrides or [])
     recipe = parse_recipe(tree, str(path), Path(path).resolve().parent)
-    validate_plugin_sections(recipe, str(path))
+    problems = evaluation_needs_errors(validate_plugin_sections(recipe, str(path)))
+    if problems:
+        raise RecipeError(str(path), problems)
     return recipe
 
 

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from mmssl.build import Plan, build_model, load_processors, load_source, validate_plugin_sections
-from mmssl.eval.base import EvalContext, run_evaluations
+from mmssl.eval.base import EvalContext, EvalReport, run_evaluations
 from mmssl.modality import Processor
 from mmssl.model import JointEmbeddingModel
-from mmssl.recipe import load_yaml, parse_recipe
+from mmssl.recipe import apply_overrides, load_yaml, parse_recipe
 from mmssl.train import checkpoint as ckpt
 
 
@@ -25,15 +25,43 @@ class Run:
     model: JointEmbeddingModel
 
 
-def load_run(path: str | Path, device: torch.device | str = "cpu") -> Run:
-    """Load ``path/model.safetensors``, or the model part of the latest checkpoint when training did not finish."""
+#: What ``mmssl eval`` may override: the evaluations, and data splits other than the training one.
+EVAL_OVERRIDES = "evaluations.* and data.<split>.* of splits other than train"
+
+
+def check_eval_overrides(overrides: list[str]) -> None:
+    """Refuse overrides of anything training used (the model, objectives, the training data, ...).
+
+    Raises:
+        ValueError: Naming the first such key.
+    """
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        parts = key.replace("[", ".").replace("]", "").split(".")
+        if parts[0] == "evaluations" or (parts[0] == "data" and len(parts) > 2 and parts[1] != "train"):
+            continue
+        raise ValueError(
+            f"override {key!r}: `mmssl eval` changes only how a trained run is evaluated ({EVAL_OVERRIDES}); "
+            "this key changes what was trained: train again to change it"
+        )
+
+
+def load_run(path: str | Path, device: torch.device | str = "cpu", overrides: list[str] | None = None) -> Run:
+    """Load ``path/model.safetensors``, or the model part of the latest checkpoint when training did not finish.
+
+    Args:
+        overrides: ``key.path=value`` overrides of the run's recipe (see ``check_eval_overrides``).
+    """
     path = Path(path)
     recipe_file = path / "recipe.yaml"
     if not recipe_file.is_file():
         raise FileNotFoundError(f"{path} is not an mmssl run folder (no recipe.yaml)")
     meta = json.loads((path / "run.json").read_text()) if (path / "run.json").is_file() else {}
     base_dir = Path(meta.get("base_dir", path))
-    plan = validate_plugin_sections(parse_recipe(load_yaml(recipe_file), str(recipe_file), base_dir), str(recipe_file))
+    if overrides:
+        check_eval_overrides(overrides)
+    tree = apply_overrides(load_yaml(recipe_file), overrides or [])
+    plan = validate_plugin_sections(parse_recipe(tree, str(recipe_file), base_dir), str(recipe_file))
     processors = load_processors(plan, path / "processors")
     model = build_model(plan, processors)
     weights = path / "model.safetensors"
@@ -54,8 +82,12 @@ def random_init_model(plan: Plan, processors: dict[str, Processor]) -> JointEmbe
     return build_model(plan, processors).eval()
 
 
-def evaluate(run: Run, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Run the recipe's evaluations and write ``eval.json`` (flat metric name -> number) atomically."""
+def evaluate(run: Run, device: torch.device | str = "cpu") -> EvalReport:
+    """Run the recipe's evaluations, rewriting ``eval.json`` atomically after each one.
+
+    An evaluation that fails is recorded under ``"errors"`` in ``eval.json`` with its error; the others still run
+    and keep their results.
+    """
     ctx = EvalContext(
         model=run.model.to(device),
         processors=run.processors,
@@ -65,8 +97,12 @@ def evaluate(run: Run, device: torch.device | str = "cpu") -> dict[str, float]:
         device=device,
         baseline_name="released" if any(s.encoder for s in run.plan.recipe.modalities.values()) else "random_init",
     )
+
+    def write(report: EvalReport) -> None:
+        text = json.dumps(report.as_json(), indent=2, sort_keys=True) + "\n"
+        ckpt.atomic_write_text(run.path / "eval.json", text)
+
     rng = torch.get_rng_state()
-    results = run_evaluations(run.plan.evaluations, ctx)
+    report = run_evaluations(run.plan.evaluations, ctx, on_update=write)
     torch.set_rng_state(rng)
-    ckpt.atomic_write_text(run.path / "eval.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
-    return results
+    return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,23 +22,44 @@ class EvalOptions(BaseModel):
     batch_size: int = Field(256, ge=1)
 
 
+Need = Literal["labels", "class_names"]
+
+
+def _no_needs(options: Any) -> list[tuple[str, Need]]:
+    return []
+
+
 @dataclass(frozen=True)
 class EvaluatorType:
+    """A registered evaluation.
+
+    Attributes:
+        splits: options -> the data splits it reads (must be in the recipe).
+        modalities: options -> the modalities it embeds (must be in the recipe).
+        needs: options -> ``(split, need)`` pairs checked before training: ``labels`` (rows with a label) or
+            ``class_names`` (the split's source names its classes).
+    """
+
     name: str
     options: type[EvalOptions]
     run: Callable[[Any, EvalContext], dict[str, float]]
     splits: Callable[[Any], list[str]]
     modalities: Callable[[Any], list[str]]
+    needs: Callable[[Any], list[tuple[str, Need]]] = _no_needs
 
 
 EVALUATORS: Registry[EvaluatorType] = Registry("evaluation")
 
 
 def register_evaluator(
-    name: str, options: type[EvalOptions], splits: Callable[[Any], list[str]], modalities: Callable[[Any], list[str]]
+    name: str,
+    options: type[EvalOptions],
+    splits: Callable[[Any], list[str]],
+    modalities: Callable[[Any], list[str]],
+    needs: Callable[[Any], list[tuple[str, Need]]] = _no_needs,
 ) -> Callable:
     def wrap(run: Callable[[Any, EvalContext], dict[str, float]]) -> Callable:
-        EVALUATORS.register(name, EvaluatorType(name, options, run, splits, modalities))
+        EVALUATORS.register(name, EvaluatorType(name, options, run, splits, modalities, needs))
         return run
 
     return wrap
@@ -79,11 +100,55 @@ class EvalContext:
         return self.build_random_model().to(self.device)
 
 
-def run_evaluations(evaluations: list[tuple[EvaluatorType, BaseModel]], ctx: EvalContext) -> dict[str, float]:
-    results: dict[str, float] = {}
-    for kind, options in evaluations:
-        for key, value in kind.run(options, ctx).items():
-            if key in results:
-                raise ValueError(f"evaluation {kind.name!r} writes {key!r} twice; set a distinct `prefix`")
-            results[key] = float(value)
-    return results
+@dataclass
+class EvalReport:
+    """What the evaluations of a run gave: flat metric name -> number, and evaluation -> error for those that failed.
+
+    ``as_json`` is what ``eval.json`` holds: the metrics, plus ``"errors": {...}`` when some evaluation failed.
+    """
+
+    results: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    index: dict[str, int] = field(default_factory=dict)  # evaluation label -> position in ``evaluations``
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.results, **({"errors": dict(self.errors)} if self.errors else {})}
+
+
+def evaluation_label(kind: EvaluatorType, options: BaseModel, taken: set[str]) -> str:
+    """``prefix`` or the evaluator's name; ``name[2]``, ``name[3]``, ... for repeats."""
+    label = getattr(options, "prefix", None) or kind.name
+    n = 1
+    while (candidate := label if n == 1 else f"{label}[{n}]") in taken:
+        n += 1
+    return candidate
+
+
+def run_evaluations(
+    evaluations: list[tuple[EvaluatorType, BaseModel]],
+    ctx: EvalContext,
+    on_update: Callable[[EvalReport], None] | None = None,
+) -> EvalReport:
+    """Run every evaluation; one that raises is recorded in ``errors`` and the others still run.
+
+    Args:
+        on_update: Called with the report after each evaluation (e.g. to write ``eval.json`` at once).
+    """
+    report = EvalReport()
+    labels: set[str] = set()
+    for i, (kind, options) in enumerate(evaluations):
+        label = evaluation_label(kind, options, labels)
+        labels.add(label)
+        report.index[label] = i
+        try:
+            found = {key: float(value) for key, value in kind.run(options, ctx).items()}
+            clash = sorted(set(found) & set(report.results))
+            if clash:
+                raise ValueError(f"writes {clash[0]!r}, as an evaluation before it did; set a distinct `prefix`")
+        except Exception as err:  # noqa: BLE001  (any failure of one evaluation is recorded, the others run)
+            report.errors[label] = f"{type(err).__name__}: {err}"
+        else:
+            report.results.update(found)
+        if on_update is not None:
+            on_update(report)
+    return report
