@@ -81,6 +81,8 @@ def _evaluate(run_dir: Path, overrides: list[str] | None = None) -> None:
         report = evaluate(run, state.device)
         for key, value in report.results.items():
             typer.echo(f"{key:32s} {value:.4f}")
+        for split, count in report.skipped_rows.items():
+            typer.echo(f"left out {count} unreadable rows of split {split!r} (data.on_error: skip)")
         typer.echo(f"wrote {run_dir / 'eval.json'}")
         errors = report.errors
         for name, error in errors.items():

@@ -25,8 +25,9 @@ class Run:
     model: JointEmbeddingModel
 
 
-#: What ``mmssl eval`` may override: the evaluations, and data splits other than the training one.
-EVAL_OVERRIDES = "evaluations.* and data.<split>.* of splits other than train"
+#: What ``mmssl eval`` may override: the evaluations, data splits other than the training one, data.on_error.
+EVAL_OVERRIDES = "evaluations.*, data.<split>.* of splits other than train, data.on_error, data.max_errors"
+_TRAINING_DATA = ("train",)
 
 
 def check_eval_overrides(overrides: list[str]) -> None:
@@ -38,7 +39,7 @@ def check_eval_overrides(overrides: list[str]) -> None:
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         parts = key.replace("[", ".").replace("]", "").split(".")
-        if parts[0] == "evaluations" or (parts[0] == "data" and len(parts) > 2 and parts[1] != "train"):
+        if parts[0] == "evaluations" or (parts[0] == "data" and len(parts) > 1 and parts[1] not in _TRAINING_DATA):
             continue
         raise ValueError(
             f"override {key!r}: `mmssl eval` changes only how a trained run is evaluated ({EVAL_OVERRIDES}); "
@@ -96,6 +97,7 @@ def evaluate(run: Run, device: torch.device | str = "cpu") -> EvalReport:
         build_random_model=lambda: random_init_model(run.plan, run.processors),
         device=device,
         baseline_name="released" if any(s.encoder for s in run.plan.recipe.modalities.values()) else "random_init",
+        on_error=run.plan.recipe.data.on_error,
     )
 
     def write(report: EvalReport) -> None:

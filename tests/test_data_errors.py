@@ -243,3 +243,23 @@ def test_two_processes_sum_their_skips(manifest: Path, tmp_path: Path) -> None:
     records = metrics(out)
     assert [r["skipped_rows"] for r in records] == [float(steps.count(s)) for s in range(1, 5)]
     assert records[-1]["skipped_rows_total"] == 1.0 + len(steps)
+
+
+def test_evaluations_leave_out_unreadable_rows_under_skip(run_a: Path, manifest: Path) -> None:
+    """kNN on the manifest with the corrupt PNG: under skip it scores the 39 readable rows; under raise the
+    evaluation fails with the file named while eval.json is still written."""
+    from mmssl.run import evaluate, load_run
+
+    labelled = {"source": "manifest", "path": str(manifest), "path_columns": ["image"], "label_column": "label"}
+    knn = [{"name": "knn", "modality": "image", "bank": "test", "query": "test", "k": 3, "baselines": []}]
+    overrides = [f"data.test={json.dumps(labelled)}", f"evaluations={json.dumps(knn)}"]
+    report = evaluate(load_run(run_a, overrides=overrides))
+    assert report.errors == {} and report.skipped_rows == {"test": 1}
+    top1 = report.results["knn_top1"]
+    assert top1 * (ROWS - 1) == pytest.approx(round(top1 * (ROWS - 1)))  # an accuracy over 39 rows
+    saved = json.loads((run_a / "eval.json").read_text())
+    assert saved["skipped_rows"] == {"test": 1} and saved["knn_top1"] == top1
+    report = evaluate(load_run(run_a, overrides=[*overrides, "data.on_error=raise"]))
+    assert report.results == {} and f"img_{BAD:03d}.png" in report.errors["knn"]
+    assert "knn" in json.loads((run_a / "eval.json").read_text())["errors"]
+    (run_a / "eval.json").unlink()

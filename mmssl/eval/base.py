@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmssl.data.dataset import is_missing
+from mmssl.data.errors import SkippedRow
 from mmssl.data.sources import Source
 from mmssl.modality import Processor
 from mmssl.registry import Registry
@@ -79,6 +81,8 @@ class EvalContext:
         baseline_name: Suffix of the baseline's metrics: ``random_init``, or ``released`` when the recipe starts
             from a released encoder.
         device: Where to run the model.
+        on_error: ``data.on_error``: under ``skip`` a split's rows with a value that cannot be decoded are left
+            out (and listed in ``skipped``).
     """
 
     model: Any
@@ -88,11 +92,16 @@ class EvalContext:
     build_random_model: Callable[[], Any]
     device: torch.device | str = "cpu"
     baseline_name: str = "random_init"
+    on_error: str = "raise"
+    skipped: dict[str, list[SkippedRow]] = field(default_factory=dict)
     _sources: dict[str, Source] = field(default_factory=dict)
 
     def source(self, split: str) -> Source:
         if split not in self._sources:
-            self._sources[split] = self.load_split(split)
+            source = self.load_split(split)
+            if self.on_error == "skip":
+                source, self.skipped[split] = readable_rows(source, self.columns, self.processors)
+            self._sources[split] = source
         return self._sources[split]
 
     @cached_property
@@ -100,19 +109,46 @@ class EvalContext:
         return self.build_random_model().to(self.device)
 
 
+def readable_rows(
+    source: Source, columns: dict[str, str], processors: dict[str, Processor]
+) -> tuple[Source, list[SkippedRow]]:
+    """The rows whose every modality value decodes (each is decoded once here, and again when embedded)."""
+    kept, skipped = [], []
+    for i, row in enumerate(source.rows):
+        for modality, column in columns.items():
+            value = row.get(column)
+            if is_missing(value):
+                continue
+            try:
+                processors[modality].decode(value)
+            except Exception as err:  # noqa: BLE001  (whatever the plugin raises on a bad value)
+                skipped.append(SkippedRow.of(0, i, source.origin, column, value, err))
+                break
+        else:
+            kept.append(row)
+    return (replace(source, rows=kept) if skipped else source), skipped
+
+
 @dataclass
 class EvalReport:
     """What the evaluations of a run gave: flat metric name -> number, and evaluation -> error for those that failed.
 
-    ``as_json`` is what ``eval.json`` holds: the metrics, plus ``"errors": {...}`` when some evaluation failed.
+    ``as_json`` is what ``eval.json`` holds: the metrics, plus ``"errors": {...}`` when some evaluation failed and
+    ``"skipped_rows": {split: count}`` when rows that could not be read were left out (``data.on_error: skip``).
     """
 
     results: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    skipped_rows: dict[str, int] = field(default_factory=dict)
     index: dict[str, int] = field(default_factory=dict)  # evaluation label -> position in ``evaluations``
 
     def as_json(self) -> dict[str, Any]:
-        return {**self.results, **({"errors": dict(self.errors)} if self.errors else {})}
+        out: dict[str, Any] = dict(self.results)
+        if self.errors:
+            out["errors"] = dict(self.errors)
+        if self.skipped_rows:
+            out["skipped_rows"] = dict(self.skipped_rows)
+        return out
 
 
 def evaluation_label(kind: EvaluatorType, options: BaseModel, taken: set[str]) -> str:
@@ -149,6 +185,7 @@ def run_evaluations(
             report.errors[label] = f"{type(err).__name__}: {err}"
         else:
             report.results.update(found)
+        report.skipped_rows = {split: len(rows) for split, rows in ctx.skipped.items() if rows}
         if on_update is not None:
             on_update(report)
     return report
