@@ -263,3 +263,13 @@ def test_evaluations_leave_out_unreadable_rows_under_skip(run_a: Path, manifest:
     assert report.results == {} and f"img_{BAD:03d}.png" in report.errors["knn"]
     assert "knn" in json.loads((run_a / "eval.json").read_text())["errors"]
     (run_a / "eval.json").unlink()
+
+
+def test_monitors_hold_only_readable_rows_under_skip(manifest: Path, run_a: Path, tmp_path: Path) -> None:
+    tree = recipe_tree(manifest, on_error="skip", max_errors=3)
+    tree["train"].update(steps=1, monitor_every=1, monitor_rows=ROWS, checkpoint_every=0)
+    out = tmp_path / "monitored"
+    shutil.copytree(run_a / "processors", out / "processors")
+    assert train(make_plan(tree), out).finished
+    record = metrics(out)[0]  # the corrupt row among the held ones did not stop the monitors
+    assert 1.0 <= record["monitor/image/rankme"] <= 16.0, record  # of the pooled width-16 features

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,6 +32,7 @@ from mmssl.build import (
 from mmssl.data.dataset import Collator, ViewDataset
 from mmssl.data.errors import DataErrorPolicy, SkippedRow
 from mmssl.data.sampler import ResumableBatchSampler
+from mmssl.eval.base import readable_rows
 from mmssl.eval.monitors import TrainingMonitor
 from mmssl.recipe import dump_recipe
 from mmssl.released.adapt import count_parameters
@@ -155,10 +156,13 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
     # -- label-free monitors (train.monitor_every): a fixed held batch, embedded on the main process only --
     monitor = None
     if spec.monitor_every and accelerator.is_main_process:
+        held = train_source.rows[: spec.monitor_rows]
+        if policy.skip:  # the held rows must decode; unreadable ones are met (and listed) in training anyway
+            held = readable_rows(replace(train_source, rows=held), columns, processors)[0].rows
         monitor = TrainingMonitor(
             processors,
-            {m: recipe.column_of(m) for m in views},
-            train_source.rows,
+            columns,
+            held,
             spec.monitor_rows,
             {m: p.capabilities.views for m, p in plan.plugins.items()},
             recipe.seed,
