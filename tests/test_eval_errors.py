@@ -178,3 +178,12 @@ def test_each_result_is_written_as_soon_as_it_exists(
     saved = json.loads((run / "eval.json").read_text())
     assert 0.0 <= saved["knn_top1"] <= 1.0 and "errors" not in saved
     assert not list(run.glob(".*tmp*"))  # written atomically, no temporary file left
+
+
+def test_the_model_card_lists_a_failed_evaluation(tmp_path: Path) -> None:
+    from mmssl.export.card import model_card
+    from mmssl.recipe import parse_recipe
+
+    (tmp_path / "eval.json").write_text(json.dumps({"knn_top1": 0.5, "errors": {"zero_shot": "ValueError: a | b"}}))
+    card = model_card(parse_recipe(load_yaml(TINY)), "safetensors", {}, "", tmp_path)
+    assert "| knn_top1 | 0.5000 |" in card and "| zero_shot | failed: ValueError: a / b |" in card
