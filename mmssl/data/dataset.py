@@ -93,7 +93,7 @@ class ViewDataset:
                 item = self._item(row_index, rng)
             except _Unreadable as err:
                 if self.on_error != "skip":
-                    raise ValueError(str(err)) from err.__cause__
+                    raise ValueError(f"{err} (data.on_error: skip trains past unreadable rows)") from err.__cause__
                 skipped.append(err.skipped)
                 row_index, rng = replacement_row(self.seed, epoch, index, attempt, len(self.source))
                 continue
