@@ -61,7 +61,7 @@ def train(
 
 
 def _evaluate(run_dir: Path, overrides: list[str] | None = None) -> None:
-    """Evaluate on the main process; exit 1 (on every process) when an evaluation failed."""
+    """Evaluate on the main process; it exits with status 1 when an evaluation failed."""
     from accelerate import PartialState
 
     from mmssl.eval.needs import evaluation_needs_errors

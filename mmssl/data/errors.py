@@ -6,18 +6,22 @@ the same replacements; every skip is appended to ``RUN/skipped.jsonl`` and count
 run stops (``DataErrorLimit``) once more than ``max_errors`` distinct rows could not be read.
 
 ``DataErrorPolicy`` holds no reference to a source or a loader, so any reader of rows (in-memory sources, streamed
-shards) can report to it.
+shards) can report to it. ``readable_rows`` filters a source for readers that use a fixed set of rows (evaluations,
+the label-free monitors).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from mmssl.data.sources import Source
+from mmssl.modality import Processor
 
 OnError = Literal["raise", "skip"]
 
@@ -143,3 +147,26 @@ def read_skipped(file: Path) -> list[SkippedRow]:
         except (json.JSONDecodeError, TypeError):
             continue
     return rows
+
+
+def readable_rows(
+    source: Source, columns: dict[str, str], processors: dict[str, Processor]
+) -> tuple[Source, list[SkippedRow]]:
+    """The rows whose every modality value decodes (each is decoded here once more than its use will), and the
+    skips (step 0) of the others."""
+    from mmssl.data.dataset import is_missing  # late: dataset imports this module
+
+    kept, skipped = [], []
+    for i, row in enumerate(source.rows):
+        for modality, column in columns.items():
+            value = row.get(column)
+            if is_missing(value):
+                continue
+            try:
+                processors[modality].decode(value)
+            except Exception as err:  # noqa: BLE001  (whatever the plugin raises on a bad value)
+                skipped.append(SkippedRow.of(0, i, source.origin, column, value, err))
+                break
+        else:
+            kept.append(row)
+    return (replace(source, rows=kept) if skipped else source), skipped

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmssl.data.dataset import is_missing
-from mmssl.data.errors import SkippedRow
+from mmssl.data.errors import SkippedRow, readable_rows
 from mmssl.data.sources import Source
 from mmssl.modality import Processor
 from mmssl.registry import Registry
@@ -107,26 +106,6 @@ class EvalContext:
     @cached_property
     def random_model(self) -> Any:
         return self.build_random_model().to(self.device)
-
-
-def readable_rows(
-    source: Source, columns: dict[str, str], processors: dict[str, Processor]
-) -> tuple[Source, list[SkippedRow]]:
-    """The rows whose every modality value decodes (each is decoded once here, and again when embedded)."""
-    kept, skipped = [], []
-    for i, row in enumerate(source.rows):
-        for modality, column in columns.items():
-            value = row.get(column)
-            if is_missing(value):
-                continue
-            try:
-                processors[modality].decode(value)
-            except Exception as err:  # noqa: BLE001  (whatever the plugin raises on a bad value)
-                skipped.append(SkippedRow.of(0, i, source.origin, column, value, err))
-                break
-        else:
-            kept.append(row)
-    return (replace(source, rows=kept) if skipped else source), skipped
 
 
 @dataclass

@@ -30,9 +30,8 @@ from mmssl.build import (
     save_processors,
 )
 from mmssl.data.dataset import Collator, ViewDataset
-from mmssl.data.errors import DataErrorPolicy, SkippedRow
+from mmssl.data.errors import DataErrorPolicy, SkippedRow, readable_rows
 from mmssl.data.sampler import ResumableBatchSampler
-from mmssl.eval.base import readable_rows
 from mmssl.eval.monitors import TrainingMonitor
 from mmssl.recipe import dump_recipe
 from mmssl.released.adapt import count_parameters
