@@ -273,3 +273,40 @@ def test_monitors_hold_only_readable_rows_under_skip(manifest: Path, run_a: Path
     assert train(make_plan(tree), out).finished
     record = metrics(out)[0]  # the corrupt row among the held ones did not stop the monitors
     assert 1.0 <= record["monitor/image/rankme"] <= 16.0, record  # of the pooled width-16 features
+
+
+@pytest.mark.slow
+def test_kill_9_after_a_skip_then_resume_is_bit_identical(manifest: Path, tmp_path: Path) -> None:
+    """Fault injection: `mmssl train` killed with SIGKILL after the step that skipped the corrupt row, resumed
+    with --resume, ends with the weights and the skipped.jsonl of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tree = recipe_tree(manifest, on_error="skip", max_errors=3)
+    tree["train"].update(steps=14, checkpoint_every=3)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tree))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "mmssl.cli", "train", str(recipe), "--output", str(out), "--no-eval", *extra]
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert subprocess.run(command(whole), env=env, capture_output=True).returncode == 0
+    proc = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        steps = [r.step for r in read_skipped(killed / "skipped.jsonl")]
+        if 5 in steps:  # step 5 met the corrupt row; the last checkpoint is step 3
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert subprocess.run(command(killed, "--resume"), env=env, capture_output=True).returncode == 0
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert (killed / "skipped.jsonl").read_text() == (whole / "skipped.jsonl").read_text()
+    assert len(read_skipped(whole / "skipped.jsonl")) >= 3  # fitting, step 5 and a later epoch
