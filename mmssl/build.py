@@ -20,6 +20,7 @@ import mmssl.data.spam_assassin  # noqa: F401  (registers the source)
 import mmssl.data.twemoji  # noqa: F401  (registers the source)
 import mmssl.eval  # noqa: F401  (registers evaluators)
 from mmssl.data.dataset import CLEAN, is_missing
+from mmssl.data.errors import DataErrorPolicy, SkippedRow
 from mmssl.data.labels import LabelSpace, apply_label_space, resolve_label_space
 from mmssl.data.sources import SOURCES, Source, SourceType
 from mmssl.eval.base import EVALUATORS, EvaluatorType
@@ -216,8 +217,12 @@ def prepare_released(plan: Plan) -> None:
         raise RecipeError("<recipe>", errors)
 
 
-def build_processors(plan: Plan, train: Source) -> dict[str, Processor]:
-    """Fit each modality's processor on the training split's column."""
+def build_processors(plan: Plan, train: Source, policy: DataErrorPolicy | None = None) -> dict[str, Processor]:
+    """Fit each modality's processor on the training split's column.
+
+    Under ``policy.skip`` a value the plugin cannot read while fitting is recorded (step 0) and left out: the
+    plugin failed while reading the value it was last given, so that one is dropped and the fit starts over.
+    """
     prepare_released(plan)
     out = {}
     for modality, plugin in plan.plugins.items():
@@ -226,8 +231,39 @@ def build_processors(plan: Plan, train: Source) -> dict[str, Processor]:
             raise KeyError(
                 f"modality {modality!r} reads column {column!r}, not in {train.origin} (has {train.columns})"
             )
-        out[modality] = plugin.build_processor(plan.modality_options[modality], _corpus(train, column))
+        out[modality] = _fit_skipping(plugin, plan.modality_options[modality], train, column, policy)
     return out
+
+
+class _TrackedCorpus:
+    """The non-missing values of a column, minus left-out rows, remembering the row it yielded last."""
+
+    def __init__(self, train: Source, column: str, left_out: set[int]) -> None:
+        self.train, self.column, self.left_out = train, column, left_out
+        self.last: tuple[int, Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        for i, row in enumerate(self.train.rows):
+            value = row.get(self.column)
+            if i not in self.left_out and not is_missing(value):
+                self.last = (i, value)
+                yield value
+
+
+def _fit_skipping(
+    plugin: ModalityPlugin, options: BaseModel, train: Source, column: str, policy: DataErrorPolicy | None
+) -> Processor:
+    left_out: set[int] = set()
+    while True:
+        corpus = _TrackedCorpus(train, column, left_out)
+        try:
+            return plugin.build_processor(options, iter(corpus))
+        except Exception as err:
+            if policy is None or not policy.skip or corpus.last is None:
+                raise
+            row, value = corpus.last
+            left_out.add(row)
+            policy.record([SkippedRow.of(0, row, train.origin, column, value, err)])
 
 
 def save_processors(processors: dict[str, Processor], directory: Path) -> None:
@@ -263,12 +299,21 @@ def build_model(plan: Plan, processors: dict[str, Processor]) -> JointEmbeddingM
 def probe_batches(
     plan: Plan, processors: dict[str, Processor], train: Source, rows: int = 2
 ) -> dict[str, ModalityBatch]:
-    """A tiny prepared batch of each modality, for builders that need target shapes."""
+    """A tiny prepared batch of each modality, for builders that need target shapes (under ``data.on_error:
+    skip``, of the first values that decode)."""
     out = {}
     for modality in plan.plugins:
-        values = [v for _, v in zip(range(rows), _corpus(train, plan.recipe.column_of(modality)), strict=False)]
         proc = processors[modality]
-        out[modality] = proc.collate([proc.prepare(proc.decode(v)) for v in values])
+        samples = []
+        for value in _corpus(train, plan.recipe.column_of(modality)):
+            try:
+                samples.append(proc.prepare(proc.decode(value)))
+            except Exception:
+                if plan.recipe.data.on_error != "skip":
+                    raise
+            if len(samples) == rows:
+                break
+        out[modality] = proc.collate(samples)
     return out
 
 

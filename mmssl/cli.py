@@ -56,6 +56,7 @@ def train(
     are imported only with --trust-plugins, and only if unchanged since the run recorded them.
     """
     from mmssl.build import validate_plugin_sections
+    from mmssl.data.errors import DataErrorLimit
     from mmssl.plugins import PluginError
     from mmssl.recipe import RecipeError, load_recipe
     from mmssl.train.trainer import RunExistsError
@@ -68,7 +69,7 @@ def train(
         parsed = load_recipe(recipe, overrides or [], trust_plugins=trusted)
         plan = validate_plugin_sections(parsed, str(recipe), trust_plugins=trusted)
         result = run_training(plan, output, resume=resume)
-    except (RecipeError, FileNotFoundError, KeyError, ValueError, RunExistsError, PluginError) as err:
+    except (RecipeError, FileNotFoundError, KeyError, ValueError, RunExistsError, PluginError, DataErrorLimit) as err:
         _fail(str(err))
     if evaluate and result.finished and plan.evaluations:
         _evaluate(output, trust_plugins=trusted)
@@ -86,31 +87,64 @@ def _check_recorded_plugins(recipe: Path, overrides: list[str], output: Path) ->
         check_plugin_files(list(files), recipe.resolve().parent, meta["plugins"], str(output))
 
 
-def _evaluate(run_dir: Path, trust_plugins: bool = False) -> None:
+def _evaluate(run_dir: Path, trust_plugins: bool = False, overrides: list[str] | None = None) -> None:
+    """Evaluate on the main process; it exits with status 1 when an evaluation failed."""
     from accelerate import PartialState
 
-    state = PartialState()
-    if state.is_main_process:
-        from mmssl.run import evaluate, load_run
+    from mmssl.eval.needs import evaluation_needs_errors
+    from mmssl.recipe import RecipeError
+    from mmssl.run import evaluate, load_run
 
-        results = evaluate(load_run(run_dir, state.device, trust_plugins), state.device)
-        for key, value in results.items():
+    state = PartialState()
+    errors: dict[str, str] = {}
+    if state.is_main_process:
+        try:
+            run = load_run(run_dir, state.device, trust_plugins, overrides)
+            problems = evaluation_needs_errors(run.plan)
+            if problems:
+                raise RecipeError(str(run_dir / "recipe.yaml"), problems)
+        except (FileNotFoundError, RecipeError, ValueError, KeyError) as err:
+            _fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))
+        report = evaluate(run, state.device)
+        for key, value in report.results.items():
             typer.echo(f"{key:32s} {value:.4f}")
+        for split, count in report.skipped_rows.items():
+            typer.echo(f"left out {count} unreadable rows of split {split!r} (data.on_error: skip)")
         typer.echo(f"wrote {run_dir / 'eval.json'}")
+        errors = report.errors
+        for name, error in errors.items():
+            typer.secho(f"evaluations[{report.index[name]}] ({name}) failed: {error}", fg=typer.colors.RED, err=True)
+        if errors:
+            first = report.index[next(iter(errors))]
+            typer.secho(
+                f"the other results stand in {run_dir / 'eval.json'}; fix the evaluation and run it again without "
+                f"training: mmssl eval {run_dir} evaluations.{first}.KEY=VALUE",
+                fg=typer.colors.RED,
+                err=True,
+            )
     state.wait_for_everyone()
+    if errors:
+        raise typer.Exit(code=1)
 
 
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmssl train`.")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="key.path=value overrides of evaluations.* and of data splits other than train "
+            "(e.g. evaluations.1.class_names=[cat,dog] data.test.limit=1000); the trained model is not changed."
+        ),
+    ] = None,
     trust_plugins: TrustPlugins = False,
 ) -> None:
-    """Run a run's evaluations and write RUN_DIR/eval.json."""
+    """Run a run's evaluations (with overrides) and write RUN_DIR/eval.json; exit 1 if one failed."""
     from mmssl.plugins import PluginError
     from mmssl.recipe import RecipeError
 
     try:
-        _evaluate(run_dir, trust_plugins)
+        _evaluate(run_dir, trust_plugins, overrides or [])
     except (FileNotFoundError, RecipeError, PluginError) as err:
         _fail(str(err))
 

@@ -134,12 +134,62 @@ class TrainSpec(Strict):
         return warmup
 
 
+class DataSpec(BaseModel):
+    """``data``: named splits (``{source: NAME, ...options}``) and the policy for rows that cannot be read.
+
+    Behaves as a mapping of split name -> source entry, so ``recipe.data["train"]``, ``"test" in recipe.data``
+    and ``recipe.data.items()`` see the splits only.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, dict[str, Any]] = Field(init=False)
+
+    on_error: Literal["raise", "skip"] = Field(
+        "raise",
+        description=(
+            "A row whose file cannot be read or decoded: raise (stop with the file named) or skip (train on a "
+            "replacement row chosen from the seed, epoch and row, count it in metrics.jsonl, list it in "
+            "RUN/skipped.jsonl)."
+        ),
+    )
+    max_errors: int = Field(
+        100, ge=0, description="on_error: skip: stop once more than this many distinct rows could not be read."
+    )
+
+    @property
+    def splits(self) -> dict[str, dict[str, Any]]:
+        return dict(self.__pydantic_extra__ or {})
+
+    def __getitem__(self, split: str) -> dict[str, Any]:
+        return self.splits[split]
+
+    def __contains__(self, split: object) -> bool:
+        return split in self.splits
+
+    def __iter__(self):  # type: ignore[override]  # iterate split names, like a dict
+        return iter(self.splits)
+
+    def __len__(self) -> int:
+        return len(self.splits)
+
+    def keys(self):
+        return self.splits.keys()
+
+    def items(self):
+        return self.splits.items()
+
+    def get(self, split: str, default: Any = None) -> Any:
+        return self.splits.get(split, default)
+
+
 class Recipe(Strict):
     name: str
     description: str = ""
     seed: int = 0
     plugins: list[str] = Field(default_factory=list, description="Extra plugin files, relative to the recipe.")
-    data: dict[str, dict[str, Any]] = Field(description="Named splits ({source: NAME, ...}); `train` is required.")
+    data: DataSpec = Field(
+        description="Named splits ({source: NAME, ...}); `train` is required. Also `on_error` and `max_errors`."
+    )
     modalities: dict[str, ModalitySpec]
     model: ModelSpec = ModelSpec()
     objectives: list[dict[str, Any]] = Field(min_length=1)
@@ -260,15 +310,18 @@ def parse_recipe(tree: dict[str, Any], source: str = "<recipe>", base_dir: Path 
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, trust_plugins: bool = True) -> Recipe:
-    """Read, override and fully validate a recipe file (both passes).
+    """Read, override and fully validate a recipe file (both passes, and what each evaluation needs from its data).
 
     A recipe's ``plugins:`` files are imported (they run code) unless ``trust_plugins`` is False.
     """
     from mmssl.build import validate_plugin_sections  # late import: plugins load only when needed
+    from mmssl.eval.needs import evaluation_needs_errors
 
     tree = apply_overrides(load_yaml(path), overrides or [])
     recipe = parse_recipe(tree, str(path), Path(path).resolve().parent)
-    validate_plugin_sections(recipe, str(path), trust_plugins=trust_plugins)
+    problems = evaluation_needs_errors(validate_plugin_sections(recipe, str(path), trust_plugins=trust_plugins))
+    if problems:
+        raise RecipeError(str(path), problems)
     return recipe
 
 

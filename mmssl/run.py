@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 
 from mmssl.build import Plan, build_model, load_processors, load_source, validate_plugin_sections
 from mmssl.data.labels import LabelSpace
-from mmssl.eval.base import EvalContext, run_evaluations
+from mmssl.eval.base import EvalContext, EvalReport, run_evaluations
 from mmssl.modality import Processor
 from mmssl.model import JointEmbeddingModel
 from mmssl.plugins import check_plugin_files
-from mmssl.recipe import load_yaml, parse_recipe
+from mmssl.recipe import apply_overrides, load_yaml, parse_recipe
 from mmssl.train import checkpoint as ckpt
 
 
@@ -27,12 +27,40 @@ class Run:
     model: JointEmbeddingModel
 
 
-def load_run(path: str | Path, device: torch.device | str = "cpu", trust_plugins: bool = False) -> Run:
+#: What ``mmssl eval`` may override: the evaluations, data splits other than the training one, data.on_error.
+EVAL_OVERRIDES = "evaluations.*, data.<split>.* of splits other than train, data.on_error, data.max_errors"
+_TRAINING_DATA = ("train",)
+
+
+def check_eval_overrides(overrides: list[str]) -> None:
+    """Refuse overrides of anything training used (the model, objectives, the training data, ...).
+
+    Raises:
+        ValueError: Naming the first such key.
+    """
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        parts = key.replace("[", ".").replace("]", "").split(".")
+        if parts[0] == "evaluations" or (parts[0] == "data" and len(parts) > 1 and parts[1] not in _TRAINING_DATA):
+            continue
+        raise ValueError(
+            f"override {key!r}: `mmssl eval` changes only how a trained run is evaluated ({EVAL_OVERRIDES}); "
+            "this key changes what was trained: train again to change it"
+        )
+
+
+def load_run(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    trust_plugins: bool = False,
+    overrides: list[str] | None = None,
+) -> Run:
     """Load ``path/model.safetensors``, or the model part of the latest checkpoint when training did not finish.
 
     Args:
         trust_plugins: Import the plugin files the run's recipe names (checked against the SHA-256 the run
             recorded). Without it they are not imported: a run folder is data, and may come from anywhere.
+        overrides: ``key.path=value`` overrides of the run's recipe (see ``check_eval_overrides``).
     """
     path = Path(path)
     recipe_file = path / "recipe.yaml"
@@ -40,7 +68,10 @@ def load_run(path: str | Path, device: torch.device | str = "cpu", trust_plugins
         raise FileNotFoundError(f"{path} is not an mmssl run folder (no recipe.yaml)")
     meta = json.loads((path / "run.json").read_text()) if (path / "run.json").is_file() else {}
     base_dir = Path(meta.get("base_dir", path))
-    recipe = parse_recipe(load_yaml(recipe_file), str(recipe_file), base_dir)
+    if overrides:
+        check_eval_overrides(overrides)
+    tree = apply_overrides(load_yaml(recipe_file), overrides or [])
+    recipe = parse_recipe(tree, str(recipe_file), base_dir)
     if trust_plugins and "plugins" in meta:
         check_plugin_files(recipe.plugins, base_dir, meta["plugins"], str(path))
     plan = validate_plugin_sections(recipe, str(recipe_file), trust_plugins=trust_plugins)
@@ -66,8 +97,12 @@ def random_init_model(plan: Plan, processors: dict[str, Processor]) -> JointEmbe
     return build_model(plan, processors).eval()
 
 
-def evaluate(run: Run, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Run the recipe's evaluations and write ``eval.json`` (flat metric name -> number) atomically."""
+def evaluate(run: Run, device: torch.device | str = "cpu") -> EvalReport:
+    """Run the recipe's evaluations, rewriting ``eval.json`` atomically after each one.
+
+    An evaluation that fails is recorded under ``"errors"`` in ``eval.json`` with its error; the others still run
+    and keep their results.
+    """
     ctx = EvalContext(
         model=run.model.to(device),
         processors=run.processors,
@@ -76,9 +111,14 @@ def evaluate(run: Run, device: torch.device | str = "cpu") -> dict[str, float]:
         build_random_model=lambda: random_init_model(run.plan, run.processors),
         device=device,
         baseline_name="released" if any(s.encoder for s in run.plan.recipe.modalities.values()) else "random_init",
+        on_error=run.plan.recipe.data.on_error,
     )
+
+    def write(report: EvalReport) -> None:
+        text = json.dumps(report.as_json(), indent=2, sort_keys=True) + "\n"
+        ckpt.atomic_write_text(run.path / "eval.json", text)
+
     rng = torch.get_rng_state()
-    results = run_evaluations(run.plan.evaluations, ctx)
+    report = run_evaluations(run.plan.evaluations, ctx, on_update=write)
     torch.set_rng_state(rng)
-    ckpt.atomic_write_text(run.path / "eval.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
-    return results
+    return report

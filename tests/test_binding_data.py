@@ -196,7 +196,7 @@ def test_binding_recipe_trains_on_rows_without_shared_modalities(
     pairs = [(r["clip/pairs"], r["clip2/pairs"]) for r in records]
     assert all(a + b == 5 for a, b in pairs), pairs  # every row is in exactly one pair
     assert any(a == 0 for a, _ in pairs), pairs  # one image row among 11: some micro-batch has none
-    results = evaluate(load_run(tmp_path / "run"))
+    results = evaluate(load_run(tmp_path / "run")).results
     assert results["audio_image_audio2image_queries"] == 10 and results["audio_image_image2audio_queries"] == 20
     for key in ("audio2image_r@1", "image2audio_r@5", "audio2image_r@1_random_init", "audio2image_chance_r@1"):
         assert 0.0 <= results[f"audio_image_{key}"] <= 1.0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from mmssl.data.errors import MAX_ATTEMPTS, OnError, SkippedRow, replacement_row
 from mmssl.data.sources import Source
 from mmssl.modality import ModalityBatch, Processor
 
@@ -25,12 +26,14 @@ class Batch:
         present: modality -> [B] bool, which rows have that modality.
         labels: [B] long class labels (-1 where absent), or None.
         index: [B] long row indices in the source.
+        skipped: Rows that could not be read and were replaced (``data.on_error: skip``), with step 0.
     """
 
     inputs: dict[str, dict[str, ModalityBatch]]
     present: dict[str, Tensor]
     labels: Tensor | None
     index: Tensor
+    skipped: list[SkippedRow] = field(default_factory=list)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -38,6 +41,7 @@ class Batch:
             {m: p.to(device) for m, p in self.present.items()},
             None if self.labels is None else self.labels.to(device),
             self.index.to(device),
+            self.skipped,
         )
 
     def __len__(self) -> int:
@@ -52,7 +56,9 @@ class ViewDataset:
     """Map-style dataset yielding decoded views of rows.
 
     Items are addressed by ``(row_index, epoch)``; the random views of a row come from a generator seeded with
-    ``(seed, epoch, row_index)``, so they do not depend on worker processes or on where a run was resumed.
+    ``(seed, epoch, row_index)``, so they do not depend on worker processes or on where a run was resumed. Under
+    ``on_error="skip"`` a row that cannot be decoded is replaced by ``replacement_row`` and reported in the item's
+    ``skipped`` list (it travels with the batch, so counts from worker processes reach the training loop).
 
     Args:
         source: The rows.
@@ -60,6 +66,7 @@ class ViewDataset:
         processors: modality -> fitted processor.
         views: modality -> view names needed (``"clean"``, ``"view0"``, ...).
         seed: Run seed.
+        on_error: ``raise`` (stop at the first unreadable row) or ``skip``.
     """
 
     def __init__(
@@ -69,16 +76,36 @@ class ViewDataset:
         processors: dict[str, Processor],
         views: dict[str, list[str]],
         seed: int = 0,
+        on_error: OnError = "raise",
     ) -> None:
         self.source, self.columns, self.processors, self.views, self.seed = source, columns, processors, views, seed
+        self.on_error = on_error
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
+        skipped: list[SkippedRow] = []
+        row_index, rng = index, np.random.default_rng([self.seed, epoch, index])
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                item = self._item(row_index, rng)
+            except _Unreadable as err:
+                if self.on_error != "skip":
+                    raise ValueError(f"{err} (data.on_error: skip trains past unreadable rows)") from err.__cause__
+                skipped.append(err.skipped)
+                row_index, rng = replacement_row(self.seed, epoch, index, attempt, len(self.source))
+                continue
+            item["skipped"] = skipped
+            return item
+        raise ValueError(
+            f"data.on_error: skip found no readable row for row {index} of {self.source.origin} in {MAX_ATTEMPTS} "
+            f"tries; the last error: {skipped[-1].error}"
+        )
+
+    def _item(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         row = self.source[index]
-        rng = np.random.default_rng([self.seed, epoch, index])
         out: dict[str, Any] = {"index": index, "label": row.get("label", -1), "views": {}}
         for modality, names in self.views.items():
             raw = row.get(self.columns[modality])
@@ -88,13 +115,19 @@ class ViewDataset:
             try:
                 sample = processor.decode(raw)
             except Exception as err:
-                raise ValueError(
-                    f"{self.source.origin} row {index}, column {self.columns[modality]!r} ({modality}): {err}"
-                ) from err
+                column = self.columns[modality]
+                message = f"{self.source.origin} row {index}, column {column!r} ({modality}): {err}"
+                raise _Unreadable(message, SkippedRow.of(0, index, self.source.origin, column, raw, err)) from err
             out["views"][modality] = {
                 name: processor.prepare(sample) if name == CLEAN else processor.augment(sample, rng) for name in names
             }
         return out
+
+
+class _Unreadable(Exception):
+    def __init__(self, message: str, skipped: SkippedRow) -> None:
+        super().__init__(message)
+        self.skipped = skipped
 
 
 class Collator:
@@ -115,4 +148,4 @@ class Collator:
                 inputs[modality] = {name: collate([row[name] for row in rows]) for name in names}
         labels = torch.tensor([int(item["label"]) if item["label"] is not None else -1 for item in items])
         index = torch.tensor([item["index"] for item in items], dtype=torch.long)
-        return Batch(inputs, present, labels, index)
+        return Batch(inputs, present, labels, index, [s for item in items for s in item.get("skipped", [])])

@@ -51,17 +51,27 @@ class Source:
 
 @dataclass(frozen=True)
 class SourceType:
+    """A registered source.
+
+    Attributes:
+        peek: ``(options, base) -> Source | None``: the rows when reading them is cheap (an index or manifest, no
+            decoding) and the data is there, for checks before training (labels, class names); else None.
+    """
+
     name: str
     options: type[BaseModel]
     load: Callable[[Any, Path], Source]
+    peek: Callable[[Any, Path], Source | None] | None = None
 
 
 SOURCES: Registry[SourceType] = Registry("data source")
 
 
-def register_source(name: str, options: type[BaseModel]) -> Callable[[Callable[[Any, Path], Source]], Any]:
+def register_source(
+    name: str, options: type[BaseModel], peek: Callable[[Any, Path], Source | None] | None = None
+) -> Callable[[Callable[[Any, Path], Source]], Any]:
     def wrap(fn: Callable[[Any, Path], Source]) -> Callable[[Any, Path], Source]:
-        SOURCES.register(name, SourceType(name, options, fn))
+        SOURCES.register(name, SourceType(name, options, fn, peek))
         return fn
 
     return wrap
@@ -102,7 +112,13 @@ class ManifestOptions(SourceOptions):
         return self
 
 
-@register_source("manifest", ManifestOptions)
+def peek_manifest(options: ManifestOptions, base: Path) -> Source | None:
+    """The manifest's rows when its file exists (paths are resolved, not read)."""
+    file = Path(options.path)
+    return load_manifest(options, base) if (file if file.is_absolute() else base / file).is_file() else None
+
+
+@register_source("manifest", ManifestOptions, peek=peek_manifest)
 def load_manifest(options: ManifestOptions, base: Path) -> Source:
     """Rows from a JSONL, CSV or Parquet manifest (optionally one split of it, by ``split_column``).
 
@@ -210,7 +226,15 @@ def resolve_part(spec: dict[str, Any]) -> tuple[SourceType, BaseModel]:
     return kind, kind.options.model_validate({k: v for k, v in spec.items() if k != "source"})
 
 
-@register_source("concat", ConcatOptions)
+def peek_concat(options: ConcatOptions, base: Path) -> Source | None:
+    """The joined rows when every part can be peeked at."""
+    parts = [resolve_part(part) for part in options.parts]
+    if any(kind.peek is None or kind.peek(part, base) is None for kind, part in parts):
+        return None
+    return load_concat(options, base)
+
+
+@register_source("concat", ConcatOptions, peek=peek_concat)
 def load_concat(options: ConcatOptions, base: Path) -> Source:
     """The rows of every part, in order, each with its own columns (a column a part lacks is absent from its
     rows, so the modality it holds is missing there). ``columns`` is the union. Class names are kept when every

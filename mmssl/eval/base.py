@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmssl.data.errors import SkippedRow, readable_rows
 from mmssl.data.sources import Source
 from mmssl.modality import Processor
 from mmssl.registry import Registry
@@ -22,23 +23,44 @@ class EvalOptions(BaseModel):
     batch_size: int = Field(256, ge=1)
 
 
+Need = Literal["labels", "class_names"]
+
+
+def _no_needs(options: Any) -> list[tuple[str, Need]]:
+    return []
+
+
 @dataclass(frozen=True)
 class EvaluatorType:
+    """A registered evaluation.
+
+    Attributes:
+        splits: options -> the data splits it reads (must be in the recipe).
+        modalities: options -> the modalities it embeds (must be in the recipe).
+        needs: options -> ``(split, need)`` pairs checked before training: ``labels`` (rows with a label) or
+            ``class_names`` (the split's source names its classes).
+    """
+
     name: str
     options: type[EvalOptions]
     run: Callable[[Any, EvalContext], dict[str, float]]
     splits: Callable[[Any], list[str]]
     modalities: Callable[[Any], list[str]]
+    needs: Callable[[Any], list[tuple[str, Need]]] = _no_needs
 
 
 EVALUATORS: Registry[EvaluatorType] = Registry("evaluation")
 
 
 def register_evaluator(
-    name: str, options: type[EvalOptions], splits: Callable[[Any], list[str]], modalities: Callable[[Any], list[str]]
+    name: str,
+    options: type[EvalOptions],
+    splits: Callable[[Any], list[str]],
+    modalities: Callable[[Any], list[str]],
+    needs: Callable[[Any], list[tuple[str, Need]]] = _no_needs,
 ) -> Callable:
     def wrap(run: Callable[[Any, EvalContext], dict[str, float]]) -> Callable:
-        EVALUATORS.register(name, EvaluatorType(name, options, run, splits, modalities))
+        EVALUATORS.register(name, EvaluatorType(name, options, run, splits, modalities, needs))
         return run
 
     return wrap
@@ -58,6 +80,8 @@ class EvalContext:
         baseline_name: Suffix of the baseline's metrics: ``random_init``, or ``released`` when the recipe starts
             from a released encoder.
         device: Where to run the model.
+        on_error: ``data.on_error``: under ``skip`` a split's rows with a value that cannot be decoded are left
+            out (and listed in ``skipped``).
     """
 
     model: Any
@@ -67,11 +91,16 @@ class EvalContext:
     build_random_model: Callable[[], Any]
     device: torch.device | str = "cpu"
     baseline_name: str = "random_init"
+    on_error: str = "raise"
+    skipped: dict[str, list[SkippedRow]] = field(default_factory=dict)
     _sources: dict[str, Source] = field(default_factory=dict)
 
     def source(self, split: str) -> Source:
         if split not in self._sources:
-            self._sources[split] = self.load_split(split)
+            source = self.load_split(split)
+            if self.on_error == "skip":
+                source, self.skipped[split] = readable_rows(source, self.columns, self.processors)
+            self._sources[split] = source
         return self._sources[split]
 
     @cached_property
@@ -79,11 +108,63 @@ class EvalContext:
         return self.build_random_model().to(self.device)
 
 
-def run_evaluations(evaluations: list[tuple[EvaluatorType, BaseModel]], ctx: EvalContext) -> dict[str, float]:
-    results: dict[str, float] = {}
-    for kind, options in evaluations:
-        for key, value in kind.run(options, ctx).items():
-            if key in results:
-                raise ValueError(f"evaluation {kind.name!r} writes {key!r} twice; set a distinct `prefix`")
-            results[key] = float(value)
-    return results
+@dataclass
+class EvalReport:
+    """What the evaluations of a run gave: flat metric name -> number, and evaluation -> error for those that failed.
+
+    ``as_json`` is what ``eval.json`` holds: the metrics, plus ``"errors": {...}`` when some evaluation failed and
+    ``"skipped_rows": {split: count}`` when rows that could not be read were left out (``data.on_error: skip``).
+    """
+
+    results: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    skipped_rows: dict[str, int] = field(default_factory=dict)
+    index: dict[str, int] = field(default_factory=dict)  # evaluation label -> position in ``evaluations``
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.results)
+        if self.errors:
+            out["errors"] = dict(self.errors)
+        if self.skipped_rows:
+            out["skipped_rows"] = dict(self.skipped_rows)
+        return out
+
+
+def evaluation_label(kind: EvaluatorType, options: BaseModel, taken: set[str]) -> str:
+    """``prefix`` or the evaluator's name; ``name[2]``, ``name[3]``, ... for repeats."""
+    label = getattr(options, "prefix", None) or kind.name
+    n = 1
+    while (candidate := label if n == 1 else f"{label}[{n}]") in taken:
+        n += 1
+    return candidate
+
+
+def run_evaluations(
+    evaluations: list[tuple[EvaluatorType, BaseModel]],
+    ctx: EvalContext,
+    on_update: Callable[[EvalReport], None] | None = None,
+) -> EvalReport:
+    """Run every evaluation; one that raises is recorded in ``errors`` and the others still run.
+
+    Args:
+        on_update: Called with the report after each evaluation (e.g. to write ``eval.json`` at once).
+    """
+    report = EvalReport()
+    labels: set[str] = set()
+    for i, (kind, options) in enumerate(evaluations):
+        label = evaluation_label(kind, options, labels)
+        labels.add(label)
+        report.index[label] = i
+        try:
+            found = {key: float(value) for key, value in kind.run(options, ctx).items()}
+            clash = sorted(set(found) & set(report.results))
+            if clash:
+                raise ValueError(f"writes {clash[0]!r}, as an evaluation before it did; set a distinct `prefix`")
+        except Exception as err:  # noqa: BLE001  (any failure of one evaluation is recorded, the others run)
+            report.errors[label] = f"{type(err).__name__}: {err}"
+        else:
+            report.results.update(found)
+        report.skipped_rows = {split: len(rows) for split, rows in ctx.skipped.items() if rows}
+        if on_update is not None:
+            on_update(report)
+    return report

@@ -52,7 +52,13 @@ class KNNOptions(EvalOptions):
     )
 
 
-@register_evaluator("knn", KNNOptions, splits=lambda o: [o.bank, o.query], modalities=lambda o: [o.modality])
+@register_evaluator(
+    "knn",
+    KNNOptions,
+    splits=lambda o: [o.bank, o.query],
+    modalities=lambda o: [o.modality],
+    needs=lambda o: [(o.bank, "labels"), (o.query, "labels")],
+)
 def run_knn(options: KNNOptions, ctx: EvalContext) -> dict[str, float]:
     """Writes ``knn_top1`` and, per baseline, ``knn_top1_random_init`` / ``knn_top1_raw``."""
     prefix = options.prefix or "knn"

@@ -64,7 +64,11 @@ class LinearProbeOptions(EvalOptions):
 
 
 @register_evaluator(
-    "linear_probe", LinearProbeOptions, splits=lambda o: [o.train, o.test], modalities=lambda o: [o.modality]
+    "linear_probe",
+    LinearProbeOptions,
+    splits=lambda o: [o.train, o.test],
+    modalities=lambda o: [o.modality],
+    needs=lambda o: [(o.train, "labels"), (o.test, "labels")],
 )
 def run_linear_probe(options: LinearProbeOptions, ctx: EvalContext) -> dict[str, float]:
     """Writes ``linear_probe_top1``, per baseline ``linear_probe_top1_random_init`` / ``linear_probe_top1_raw``,

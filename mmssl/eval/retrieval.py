@@ -185,7 +185,13 @@ def retrieval_scores(model: Any, options: RetrievalOptions, ctx: EvalContext, va
     }
 
 
-@register_evaluator("retrieval", RetrievalOptions, splits=lambda o: [o.query], modalities=lambda o: list(o.modalities))
+@register_evaluator(
+    "retrieval",
+    RetrievalOptions,
+    splits=lambda o: [o.query],
+    modalities=lambda o: list(o.modalities),
+    needs=lambda o: [(o.query, "labels")] if o.match == "label" else [],
+)
 def run_retrieval(options: RetrievalOptions, ctx: EvalContext) -> dict[str, float]:
     """Writes ``retrieval_<a>2<b>_r@<k>`` and ``retrieval_<b>2<a>_r@<k>`` for every k, the same with
     ``_random_init`` appended, and the chance level of a random ranking.

@@ -33,7 +33,13 @@ def zero_shot_accuracy(
     return float((pred == labels).mean())
 
 
-@register_evaluator("zero_shot", ZeroShotOptions, splits=lambda o: [o.query], modalities=lambda o: [o.modality, o.text])
+@register_evaluator(
+    "zero_shot",
+    ZeroShotOptions,
+    splits=lambda o: [o.query],
+    modalities=lambda o: [o.modality, o.text],
+    needs=lambda o: [(o.query, "labels")] + ([] if o.class_names else [(o.query, "class_names")]),
+)
 def run_zero_shot(options: ZeroShotOptions, ctx: EvalContext) -> dict[str, float]:
     """Writes ``zero_shot_top1`` (and ``zero_shot_top1_random_init``)."""
     prefix = options.prefix or "zero_shot"

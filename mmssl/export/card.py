@@ -80,7 +80,9 @@ def model_card(recipe: Any, export_format: str, preprocessing: dict[str, Any], l
         parts += ["", "## Parameters", "```json", json.dumps(parameters, indent=2), "```"]
     if evaluation:
         parts += ["", "## Evaluation (eval.json of the run)", "| metric | value |", "| --- | --- |"]
-        parts += [f"| {k} | {v:.4f} |" for k, v in sorted(evaluation.items())]
+        parts += [f"| {k} | {v:.4f} |" for k, v in sorted(evaluation.items()) if isinstance(v, int | float)]
+        failed = {k: str(e).replace("|", "/") for k, e in evaluation.get("errors", {}).items()}
+        parts += [f"| {k} | failed: {e} |" for k, e in sorted(failed.items())]
     return "\n".join(parts) + "\n"
 
 

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from mmssl.build import (
     save_processors,
 )
 from mmssl.data.dataset import Collator, ViewDataset
+from mmssl.data.errors import DataErrorPolicy, SkippedRow, readable_rows
 from mmssl.data.labels import LabelSpace
 from mmssl.data.sampler import ResumableBatchSampler
 from mmssl.eval.monitors import TrainingMonitor
@@ -100,14 +101,19 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
 
     train_source = load_source(plan, "train")
     processors_dir = output / "processors"
+    skipped_log = output / "skipped.jsonl"
+    policy = DataErrorPolicy(
+        recipe.data.on_error, recipe.data.max_errors, skipped_log if accelerator.is_main_process else None
+    )
     if accelerator.is_main_process and not reuse:
+        policy.restore(skipped_log, -1, rewrite=True)  # a fresh fit lists the rows it skips again
         meta = {
             "base_dir": str(recipe.base_dir.resolve()),
             "plugins": plugin_file_records(recipe.plugins, recipe.base_dir),
         }
         write_setup(
             output,
-            lambda folder: save_processors(build_processors(plan, train_source), folder),
+            lambda folder: save_processors(build_processors(plan, train_source, policy), folder),
             label_space(plan).to_json(),
             recipe_yaml,
             meta,
@@ -141,9 +147,13 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
         accelerator.print(f"{output} has no checkpoint yet: starting from step 0 with its saved setup")
     if reuse and accelerator.is_main_process:
         record_resume(output, step, changes, recipe_yaml)
+    # The skips up to the step resumed from (and those of fitting the processors, step 0) count on every process;
+    # the main process drops later ones from the list (an atomic rewrite, so the others read it whole).
+    policy.restore(skipped_log, step, rewrite=accelerator.is_main_process)
 
     views = plan.views()
-    dataset = ViewDataset(train_source, {m: recipe.column_of(m) for m in views}, processors, views, recipe.seed)
+    columns = {m: recipe.column_of(m) for m in views}
+    dataset = ViewDataset(train_source, columns, processors, views, recipe.seed, recipe.data.on_error)
     sampler = ResumableBatchSampler(
         len(dataset),
         spec.batch_size,
@@ -168,10 +178,13 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
     # -- label-free monitors (train.monitor_every): a fixed held batch, embedded on the main process only --
     monitor = None
     if spec.monitor_every and accelerator.is_main_process:
+        held = train_source.rows[: spec.monitor_rows]
+        if policy.skip:  # the held rows must decode; unreadable ones are met (and listed) in training anyway
+            held = readable_rows(replace(train_source, rows=held), columns, processors)[0].rows
         monitor = TrainingMonitor(
             processors,
-            {m: recipe.column_of(m) for m in views},
-            train_source.rows,
+            columns,
+            held,
             spec.monitor_rows,
             {m: p.capabilities.views for m, p in plan.plugins.items()},
             recipe.seed,
@@ -182,8 +195,10 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
     last_time, rows_seen = time.perf_counter(), 0
     try:
         while step < spec.steps:
+            skipped: list[SkippedRow] = []
             for micro in range(spec.grad_accum):
                 batch = next(batches).to(accelerator.device)
+                skipped += [s.at_step(step + 1) for s in batch.skipped]
                 rows_seen += len(batch)
                 sync = micro == spec.grad_accum - 1
                 with accelerator.no_sync(module) if not sync else _null():
@@ -200,6 +215,8 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if policy.skip:
+                policy.record(_all_processes(skipped, accelerator))
             accelerator.unwrap_model(module).after_optimizer_step(step, spec.steps)
             bar.update(1)
             monitor_due = spec.monitor_every > 0 and step % spec.monitor_every == 0  # same on every process
@@ -209,6 +226,8 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
                     "lr": scheduler.get_last_lr()[0],
                     "samples_per_s": rows_seen * accelerator.num_processes / (now - last_time),
                 }
+                if policy.skip:
+                    extra.update(policy.metrics())
                 if monitor is not None and monitor_due:
                     extra.update(monitor(accelerator.unwrap_model(module).model, step, accelerator.device, bar.write))
                     now = time.perf_counter()
@@ -249,6 +268,18 @@ def save_checkpoint(
     if accelerator.is_main_process:
         ckpt.finish_checkpoint(root, step, accelerator.unwrap_model(module), optimizer, scheduler, keep)
     accelerator.wait_for_everyone()
+
+
+def _all_processes(skipped: list[SkippedRow], accelerator: Accelerator) -> list[SkippedRow]:
+    """The skips of this step on every process, in rank order (the same list everywhere)."""
+    if accelerator.num_processes == 1:
+        return skipped
+    counts = accelerator.reduce(torch.tensor([len(skipped)], device=accelerator.device), reduction="sum")
+    if int(counts.item()) == 0:  # the usual case: one small all-reduce, no object gather
+        return []
+    gathered: list[list[SkippedRow]] = [[] for _ in range(accelerator.num_processes)]
+    torch.distributed.all_gather_object(gathered, skipped)
+    return [s for part in gathered for s in part]
 
 
 def _single_threaded_worker(worker_id: int) -> None:
