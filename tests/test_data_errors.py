@@ -138,10 +138,11 @@ def test_the_replacement_is_a_pure_function_of_seed_epoch_and_row() -> None:
 def test_resume_after_a_skip_is_bit_identical(skip_plan: Plan, run_a: Path, tmp_path: Path) -> None:
     """Stopped at step 5 (its skip already listed, the last checkpoint at step 4), then resumed."""
     stopped = tmp_path / "b"
-    shutil.copytree(run_a / "processors", stopped / "processors")  # the same fitted statistics as run A
-    shutil.copy(run_a / "skipped.jsonl", stopped / "skipped.jsonl")
+    shutil.copytree(run_a / "processors", stopped / "processors")  # run A's setup: the same fitted statistics
+    for name in ("labels.json", "recipe.yaml", "run.json"):
+        shutil.copy(run_a / name, stopped / name)
     (stopped / "skipped.jsonl").write_text((run_a / "skipped.jsonl").read_text().splitlines()[0] + "\n")
-    result = train(skip_plan, stopped, stop_after=5)
+    result = train(skip_plan, stopped, resume=True, stop_after=5)  # a setup without checkpoint: from step 0
     assert not result.finished and result.step == 5
     assert 5 in [r.step for r in read_skipped(stopped / "skipped.jsonl")]
     with (stopped / "skipped.jsonl").open("a") as handle:
@@ -265,11 +266,10 @@ def test_evaluations_leave_out_unreadable_rows_under_skip(run_a: Path, manifest:
     (run_a / "eval.json").unlink()
 
 
-def test_monitors_hold_only_readable_rows_under_skip(manifest: Path, run_a: Path, tmp_path: Path) -> None:
+def test_monitors_hold_only_readable_rows_under_skip(manifest: Path, tmp_path: Path) -> None:
     tree = recipe_tree(manifest, on_error="skip", max_errors=3)
     tree["train"].update(steps=1, monitor_every=1, monitor_rows=ROWS, checkpoint_every=0)
     out = tmp_path / "monitored"
-    shutil.copytree(run_a / "processors", out / "processors")
     assert train(make_plan(tree), out).finished
     record = metrics(out)[0]  # the corrupt row among the held ones did not stop the monitors
     assert 1.0 <= record["monitor/image/rankme"] <= 16.0, record  # of the pooled width-16 features

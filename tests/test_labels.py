@@ -72,7 +72,7 @@ def raw_knn(recipe: Path) -> float:
         load_split=lambda split: load_source(plan, split),
         build_random_model=lambda: None,
     )
-    return run_evaluations(plan.evaluations, ctx)["knn_top1_raw"]
+    return run_evaluations(plan.evaluations, ctx).results["knn_top1_raw"]
 
 
 @pytest.mark.parametrize("labels", ["integers", "names_one_absent_from_test", "class_names"])
@@ -126,11 +126,16 @@ def test_class_only_in_test_is_reported(tmp_path: Path) -> None:
 def bad_manifest_error(tmp_path: Path, name: str, text: str, **options: Any) -> str:
     path = tmp_path / name
     path.write_text(text)
-    plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, manifest(path, **options), manifest(path))))
     with pytest.raises(ValueError) as err:
-        load_source(plan, "train")
+        load_train(write_recipe(tmp_path, manifest(path, **options), manifest(path)))
     assert str(path) in str(err.value)
     return str(err.value)
+
+
+def load_train(recipe: Path) -> None:
+    """Validate, then load the training split: a bad label column is refused at the first (when an evaluation
+    needs the split's labels, validation reads the manifest before any training) or else at the second."""
+    load_source(validate_plugin_sections(load_recipe(recipe)), "train")
 
 
 def test_mixed_label_types_name_file_row_and_value(tmp_path: Path) -> None:
@@ -184,11 +189,8 @@ def test_manifest_split_column_selects_rows(tmp_path: Path) -> None:
     assert [r["image"].name for r in load_source(plan, "test").rows] == ["4.npy", "5.npy"]
     # Row numbers in messages count rows of the file, not of the selected split.
     bad = write_jsonl(tmp_path / "bad.jsonl", [*rows[:5], {"image": images[5], "label": 0.5, "fold": "test"}])
-    plan = validate_plugin_sections(
-        load_recipe(write_recipe(tmp_path, manifest(bad, split_column="fold", split="test"), manifest(bad)))
-    )
     with pytest.raises(ValueError, match=r"bad.jsonl row 6: label 0.5"):
-        load_source(plan, "train")
+        load_train(write_recipe(tmp_path, manifest(bad, split_column="fold", split="test"), manifest(bad)))
 
 
 def test_split_without_split_column_is_a_recipe_error(tmp_path: Path) -> None:
@@ -254,6 +256,5 @@ def test_concat_numbers_names_over_all_its_parts(tmp_path: Path) -> None:
     plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, both, manifest(b))))
     assert [row["label"] for row in load_source(plan, "train").rows] == [2, 0, 1]  # ant, cat, dog
     mixed = {"source": "concat", "parts": [manifest(a), manifest(c)]}
-    plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, mixed, manifest(b))))
     with pytest.raises(ValueError, match=r"concat: part .*c.jsonl has integer labels while another part has class"):
-        load_source(plan, "train")
+        load_train(write_recipe(tmp_path, mixed, manifest(b)))

@@ -13,8 +13,11 @@ from mmssl.data.sources import Source
 
 
 def _has_labels(source: Source) -> bool:
+    """A row holds a class index (>= 0) or a class name not yet numbered by the run's label space."""
     for row in source.rows:
         label = row.get("label")
+        if isinstance(label, str) and label != "" and source.label_names:
+            return True
         try:
             if label is not None and label != "" and int(label) >= 0:
                 return True
@@ -48,7 +51,7 @@ def evaluation_needs_errors(plan: Any) -> list[tuple[str, str]]:
                         f"(give data.{split} a label column, e.g. label_column)",
                     )
                 )
-            elif need == "class_names" and not source.class_names:
+            elif need == "class_names" and not (source.class_names or source.label_names):
                 errors.append(
                     (
                         f"evaluations[{i}].class_names",
