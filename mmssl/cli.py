@@ -1,13 +1,50 @@
-"""Command line: ``mmssl train | eval | embed | finetune | export | validate | modalities``."""
+"""Command line: ``mmssl train | eval | embed | finetune | export | validate | modalities``.
+
+Exit codes: 0 done; 1 an error (one message naming the file and what to do; ``--debug`` or ``MMSSL_DEBUG=1`` shows
+the traceback); 2 a bad recipe or option; 75 training stopped by SIGTERM/SIGINT after writing a checkpoint (rerun
+with ``--resume``); 130 a second Ctrl-C.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal self-supervised pretraining.")
+
+class _PeopleFacingGroup(TyperGroup):
+    """Shows an error that escapes a command as one message and a hint (``mmssl.errors.report``), unless debugging."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from mmssl.errors import debug_enabled, report
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise typer.Exit(code=130) from None
+        except Exception as err:
+            if ctx.params.get("debug") or debug_enabled():
+                raise
+            raise typer.Exit(code=report(err)) from None
+
+
+app = typer.Typer(
+    cls=_PeopleFacingGroup, add_completion=False, no_args_is_help=True, help="Multimodal self-supervised pretraining."
+)
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="MMSSL_DEBUG", help="Show the full traceback of an error.")
+    ] = False,
+) -> None:
+    """Multimodal self-supervised pretraining."""
 
 
 TRUST_HELP = (
@@ -17,9 +54,14 @@ TRUST_HELP = (
 TrustPlugins = Annotated[bool, typer.Option("--trust-plugins", help=TRUST_HELP)]
 
 
-def _fail(message: str) -> None:
-    typer.secho(message, fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+def _fail(problem: str | Exception) -> None:
+    """Show a bad recipe, option or path (a message, or an exception explained by ``mmssl.errors.explain``); exit 2."""
+    from mmssl.errors import UserError, explain, report
+
+    message, hint, _ = explain(problem) if isinstance(problem, Exception) else (problem, None, 2)
+    error = UserError(message, hint)
+    error.exit_code = 2
+    raise typer.Exit(code=report(error))
 
 
 @app.command()
@@ -44,7 +86,15 @@ def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe file.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder.")] = Path("runs/latest"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue from the latest intact checkpoint in --output (a damaged one is skipped)."
+        ),
+    ] = False,
+    resume_step: Annotated[
+        int | None, typer.Option("--resume-step", help="Continue from the checkpoint of this step (implies --resume).")
+    ] = None,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Run the recipe's evaluations at the end.")] = True,
     trust_plugins: Annotated[
         bool, typer.Option("--trust-plugins", help="With --resume: import the recipe's plugin files. " + TRUST_HELP)
@@ -54,6 +104,9 @@ def train(
 
     A recipe's `plugins:` files are imported (they run code): a recipe is code, like a pickle. With --resume they
     are imported only with --trust-plugins, and only if unchanged since the run recorded them.
+
+    SIGTERM or Ctrl-C stops training after the current step with a checkpoint on every process, and the command
+    exits with code 75; rerun it with --resume to continue exactly where it stopped.
     """
     from mmssl.build import validate_plugin_sections
     from mmssl.data.errors import DataErrorLimit
@@ -68,9 +121,22 @@ def train(
             _check_recorded_plugins(recipe, overrides or [], output)
         parsed = load_recipe(recipe, overrides or [], trust_plugins=trusted)
         plan = validate_plugin_sections(parsed, str(recipe), trust_plugins=trusted)
-        result = run_training(plan, output, resume=resume)
+        result = run_training(plan, output, resume=resume, resume_step=resume_step)
     except (RecipeError, FileNotFoundError, KeyError, ValueError, RunExistsError, PluginError, DataErrorLimit) as err:
-        _fail(str(err))
+        _fail(err)
+    if result.stopped_by is not None:
+        import os
+
+        from mmssl.train.preemption import STOPPED_EXIT_CODE
+
+        if os.environ.get("RANK", "0") == "0":
+            typer.secho(
+                f"stopped by {result.stopped_by} at step {result.step}; continue with: "
+                f"mmssl train {recipe} --output {output} --resume",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
+        raise typer.Exit(code=STOPPED_EXIT_CODE)
     if evaluate and result.finished and plan.evaluations:
         _evaluate(output, trust_plugins=trusted)
 

@@ -17,6 +17,7 @@ from mmssl.model import JointEmbeddingModel
 from mmssl.plugins import check_plugin_files
 from mmssl.recipe import apply_overrides, load_yaml, parse_recipe
 from mmssl.train import checkpoint as ckpt
+from mmssl.train import integrity
 
 
 @dataclass
@@ -86,7 +87,7 @@ def load_run(
         found = ckpt.latest_checkpoint(path / "checkpoints")
         if found is None:
             raise FileNotFoundError(f"{path}: no model.safetensors and no checkpoint")
-        saved = load_file(str(found / "model.safetensors"))
+        saved = integrity.reading(found / "model.safetensors", lambda: load_file(str(found / "model.safetensors")))
         model.load_state_dict({k.removeprefix("model."): v for k, v in saved.items() if k.startswith("model.")})
     return Run(path, plan, processors, model.to(device).eval())
 

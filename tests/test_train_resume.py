@@ -29,6 +29,7 @@ from mmssl.build import (
 from mmssl.data.sampler import ResumableBatchSampler
 from mmssl.recipe import load_recipe, load_yaml, parse_recipe
 from mmssl.train import checkpoint as ckpt
+from mmssl.train.integrity import CorruptCheckpointError
 from mmssl.train.optim import build_optimizer
 from mmssl.train.schedule import lr_multiplier
 from mmssl.train.trainer import RunExistsError, train
@@ -142,6 +143,8 @@ def test_resume_without_rng_state_differs(plan: Plan, run_a: Path, stopped: Path
     """Negative control: the RNG state in the checkpoint is what makes the resume exact (dropout, masks)."""
     run_c = resume_copy(stopped, tmp_path / "c")
     (run_c / "checkpoints" / "step_0000004" / "rng_rank0.pt").unlink()
+    # Without the manifest (a checkpoint of an older version), or the missing file would make resume fall back.
+    (run_c / "checkpoints" / "step_0000004" / "manifest.json").unlink()
     train(plan, run_c, resume=True)
     assert tensors_equal(run_a / "model.safetensors", run_c / "model.safetensors") != []
     assert metrics(run_c)[5]["loss"] != metrics(run_a)[5]["loss"]
@@ -266,8 +269,10 @@ def test_checkpoint_with_pickled_objects_is_refused(plan: Plan, run_a: Path, tmp
     assert MARKER == ["ran"]
     MARKER.clear()
     module, optimizer, scheduler = fresh_training_state(plan, run_a / "processors")
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(CorruptCheckpointError, match="state.pt is corrupt: it holds pickled objects") as err:
         ckpt.load_checkpoint(folder, module, optimizer, scheduler, rank=0)
+    assert err.value.file == folder / "state.pt"
+    assert isinstance(err.value.__cause__, pickle.UnpicklingError)  # torch's weights_only unpickler refused it
     assert MARKER == []
 
 

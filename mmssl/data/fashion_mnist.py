@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -69,7 +70,16 @@ def find_root(root: str | None, split: str, download: bool) -> Path:
 
 
 def read_idx(path: Path, offset: int) -> np.ndarray:
-    return np.frombuffer(gzip.open(path).read(), np.uint8, offset=offset)
+    """The bytes after the ``offset``-byte header of a gzipped IDX file; a damaged file raises naming itself."""
+    try:
+        with gzip.open(path) as handle:
+            data = handle.read()
+        return np.frombuffer(data, np.uint8, offset=offset)
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        raise ValueError(
+            f"Fashion-MNIST file {path} is damaged ({type(err).__name__}: {err}); delete it and reinstall "
+            "dataset-fashion-mnist or download it again (`download: true`)"
+        ) from err
 
 
 @register_source("fashion_mnist", FashionMNISTOptions)

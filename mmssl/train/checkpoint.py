@@ -3,9 +3,11 @@
 A checkpoint is a folder ``checkpoints/step_XXXXXXX`` holding
 ``model.safetensors`` (every trained parameter: encoders, projections, objective heads),
 ``state.pt`` (optimizer and scheduler state, read back with ``weights_only=True``),
-``rng_rank{R}.pt`` (each process's torch RNG state) and ``trainer.json`` (the step).
+``rng_rank{R}.pt`` (each process's torch RNG state), ``trainer.json`` (the step) and ``manifest.json`` (size and
+SHA-256 of each file, ``mmssl.train.integrity``).
 It is written into a temporary folder and renamed into place, and ``checkpoints/latest`` is replaced
-atomically afterwards, so a run killed at any moment leaves the previous checkpoint intact.
+atomically afterwards, so a run killed at any moment (or a write failing on a full disk) leaves the previous
+checkpoint intact.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from mmssl.train import integrity
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -35,7 +39,11 @@ def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk gets its space back; the previous file stays
+        raise
     os.replace(tmp, path)
 
 
@@ -95,6 +103,7 @@ def finish_checkpoint(
     save_weights(module, tmp / "model.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "state.pt")
     (tmp / "trainer.json").write_text(json.dumps({"step": step}))
+    integrity.write_manifest(tmp)
     final = root / checkpoint_name(step)
     if final.exists():
         shutil.rmtree(final)
@@ -103,6 +112,34 @@ def finish_checkpoint(
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old)
     return final
+
+
+def discard_staging(root: Path, step: int) -> None:
+    """Remove a half-written checkpoint (after a failed write, to give the disk space back)."""
+    shutil.rmtree(staging_dir(root, step), ignore_errors=True)
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders renamed into place, oldest first."""
+    return sorted(p for p in root.glob("step_*") if p.is_dir())
+
+
+def resume_candidates(root: Path, step: int | None = None) -> list[Path]:
+    """Checkpoints to try on ``--resume``, preferred first: ``latest``, then the others newest first.
+
+    Args:
+        root: The ``checkpoints`` folder.
+        step: Only the checkpoint of this step (``--resume-step``); a ``FileNotFoundError`` lists the others.
+    """
+    found = complete_checkpoints(root)
+    if step is not None:
+        wanted = root / checkpoint_name(step)
+        if wanted not in found:
+            have = ", ".join(str(int(p.name.removeprefix("step_"))) for p in found) or "none"
+            raise FileNotFoundError(f"--resume-step {step}: no checkpoint {wanted} (steps in {root}: {have})")
+        return [wanted]
+    first = latest_checkpoint(root)
+    return ([first] if first else []) + [p for p in reversed(found) if p != first]
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -116,12 +153,26 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int) -> int:
-    """Restore a checkpoint in place; returns its step. Never unpickles arbitrary objects."""
-    load_weights(module, path / "model.safetensors")
-    state = torch.load(path / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    """Restore a checkpoint in place; returns its step. Never unpickles arbitrary objects.
+
+    Every file is read before anything is restored; a damaged one raises ``integrity.CorruptCheckpointError``
+    naming it.
+    """
+    weights = integrity.reading(path / "model.safetensors", lambda: load_file(str(path / "model.safetensors")))
+    state = integrity.reading(path / "state.pt", lambda: torch.load(path / "state.pt", weights_only=True))
     rng_file = path / f"rng_rank{rank}.pt"
-    if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=True))
-    return int(json.loads((path / "trainer.json").read_text())["step"])
+    rng = integrity.reading(rng_file, lambda: torch.load(rng_file, weights_only=True)) if rng_file.is_file() else None
+    meta = path / "trainer.json"
+    step = integrity.reading(meta, lambda: int(json.loads(meta.read_text())["step"]))
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise integrity.CorruptCheckpointError(
+            path / "model.safetensors",
+            f"it does not fit this recipe's model (missing keys {missing[:5]}, unexpected keys {unexpected[:5]})",
+            "Was the recipe changed since the checkpoint was written? Resume with the run's own recipe.yaml.",
+        )
+    integrity.reading(path / "state.pt", lambda: optimizer.load_state_dict(state["optimizer"]))
+    integrity.reading(path / "state.pt", lambda: scheduler.load_state_dict(state["scheduler"]))
+    if rng is not None:
+        set_rng_state(rng)
+    return step

@@ -38,8 +38,10 @@ from mmssl.plugins import check_plugin_files, plugin_file_records
 from mmssl.recipe import dump_recipe
 from mmssl.released.adapt import count_parameters
 from mmssl.train import checkpoint as ckpt
+from mmssl.train import integrity
 from mmssl.train.metrics import MetricLogger
 from mmssl.train.optim import build_optimizer
+from mmssl.train.preemption import GracefulStop, any_process, ignore_stop_signals
 from mmssl.train.progress import progress
 from mmssl.train.run_folder import (
     RunExistsError,
@@ -56,9 +58,12 @@ __all__ = ["RunExistsError", "TrainResult", "train"]
 
 @dataclass
 class TrainResult:
+    """Where a run stands. ``stopped_by`` names the signal (``SIGTERM``) when a stop signal ended it early."""
+
     output: Path
     step: int
     finished: bool
+    stopped_by: str | None = None
 
 
 def _cpu_processes() -> bool:
@@ -70,15 +75,22 @@ def _cpu_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
-def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+def train(
+    plan: Plan, output: Path, resume: bool = False, stop_after: int | None = None, resume_step: int | None = None
+) -> TrainResult:
     """Train the recipe of ``plan`` into ``output``.
+
+    SIGTERM or SIGINT during the loop end it at the next step boundary, after a checkpoint of that step on every
+    process (``TrainResult.stopped_by``; ``mmssl train`` then exits with ``preemption.STOPPED_EXIT_CODE``).
 
     Args:
         plan: A validated recipe (``mmssl.build.validate_plugin_sections``).
         output: Run folder: recipe, processors, checkpoints, metrics, final weights, ``eval.json``.
-        resume: Continue from the latest checkpoint in ``output``.
+        resume: Continue from the latest intact checkpoint in ``output`` (a damaged one is skipped with a warning).
         stop_after: Stop (as if killed) after this optimizer step, without final weights or evaluation.
+        resume_step: Continue from the checkpoint of this step instead (implies ``resume``).
     """
+    resume = resume or resume_step is not None
     recipe, spec = plan.recipe, plan.recipe.train
     accelerator = Accelerator(
         cpu=_cpu_processes(),
@@ -137,10 +149,16 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
 
     checkpoints = output / "checkpoints"
     step = 0
-    found = ckpt.latest_checkpoint(checkpoints) if reuse else None
-    if found is not None:
-        step = ckpt.load_checkpoint(
-            found, accelerator.unwrap_model(module), optimizer, scheduler, accelerator.process_index
+    found = None
+    if reuse and (ckpt.complete_checkpoints(checkpoints) or resume_step is not None):
+        found, step = integrity.resume_from(
+            ckpt.resume_candidates(checkpoints, resume_step),
+            lambda path: ckpt.load_checkpoint(
+                path, accelerator.unwrap_model(module), optimizer, scheduler, accelerator.process_index
+            ),
+            lambda failed: any_process(failed, accelerator),
+            check_here=accelerator.is_main_process,
+            warn=lambda line: accelerator.print(f"warning: {line}"),
         )
         accelerator.print(f"resumed from {found} at step {step}")
     elif reuse:
@@ -169,7 +187,7 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
         num_workers=spec.num_workers,
         persistent_workers=spec.num_workers > 0,
         generator=torch.Generator().manual_seed(recipe.seed),  # keeps worker seeding off the global RNG
-        worker_init_fn=_single_threaded_worker,
+        worker_init_fn=_data_worker_init,
     )
     batches = iter(loader)
     logger = MetricLogger(output, enabled=accelerator.is_main_process, resume_step=step)
@@ -193,6 +211,8 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
     bar = progress(spec.steps, step, recipe.name, disable=not accelerator.is_main_process)
     module.train()
     last_time, rows_seen = time.perf_counter(), 0
+    stop = GracefulStop(announce=bar.write if accelerator.is_main_process else lambda line: None)
+    stop.__enter__()
     try:
         while step < spec.steps:
             skipped: list[SkippedRow] = []
@@ -220,6 +240,7 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
             accelerator.unwrap_model(module).after_optimizer_step(step, spec.steps)
             bar.update(1)
             monitor_due = spec.monitor_every > 0 and step % spec.monitor_every == 0  # same on every process
+            stopping = stop.agreed(accelerator)  # every process stops after the same step
             if step % spec.log_every == 0 or step == spec.steps or monitor_due:
                 now = time.perf_counter()
                 extra = {
@@ -234,13 +255,18 @@ def train(plan: Plan, output: Path, resume: bool = False, stop_after: int | None
                 record = logger.flush(step, accelerator, extra)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 last_time, rows_seen = now, 0
-            if (spec.checkpoint_every and step % spec.checkpoint_every == 0) or step == spec.steps:
+            if (spec.checkpoint_every and step % spec.checkpoint_every == 0) or step == spec.steps or stopping:
                 save_checkpoint(
                     accelerator, checkpoints, step, module, optimizer, scheduler, spec.keep_checkpoints, logger
                 )
+            if stopping and step < spec.steps:
+                accelerator.print(f"stopped by {stopping} at step {step}; checkpoint written")
+                return TrainResult(output, step, finished=False, stopped_by=stopping)
             if stop_after is not None and step >= stop_after and step < spec.steps:
                 return TrainResult(output, step, finished=False)
     finally:
+        stop.__exit__()
+        _shutdown_data_workers(batches)
         bar.close()
         logger.close()
     if accelerator.is_main_process:
@@ -256,17 +282,39 @@ def save_checkpoint(
     accelerator: Accelerator, root: Path, step: int, module, optimizer, scheduler, keep: int,
     logger: MetricLogger | None = None,
 ) -> None:  # fmt: skip
+    """Write checkpoint ``step`` from every process; if any process fails, all raise and the staging folder goes."""
+    failure: BaseException | None = None
     if accelerator.is_main_process:
-        ckpt.begin_checkpoint(root, step)
+        try:
+            ckpt.begin_checkpoint(root, step)
+        except Exception as err:
+            failure = err
     accelerator.wait_for_everyone()
-    staging = ckpt.staging_dir(root, step)
-    ckpt.write_rng(staging, accelerator.process_index)
-    if logger is not None:  # the part of the logging interval already run, so a resume logs the same mean
-        rank = accelerator.process_index
-        (staging / f"metrics_rank{rank}.json").write_text(json.dumps(logger.state()))
+    if failure is None:
+        try:
+            staging = ckpt.staging_dir(root, step)
+            ckpt.write_rng(staging, accelerator.process_index)
+            if logger is not None:  # the part of the logging interval already run, so a resume logs the same mean
+                rank = accelerator.process_index
+                (staging / f"metrics_rank{rank}.json").write_text(json.dumps(logger.state()))
+        except Exception as err:
+            failure = err
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ckpt.finish_checkpoint(root, step, accelerator.unwrap_model(module), optimizer, scheduler, keep)
+    if accelerator.is_main_process and failure is None:
+        try:
+            ckpt.finish_checkpoint(root, step, accelerator.unwrap_model(module), optimizer, scheduler, keep)
+        except Exception as err:
+            failure = err
+    if any_process(failure is not None, accelerator):
+        if accelerator.is_main_process:
+            ckpt.discard_staging(root, step)
+        accelerator.wait_for_everyone()
+        previous = ckpt.latest_checkpoint(root)
+        needed = integrity.checkpoint_bytes(
+            previous, accelerator.unwrap_model(module).state_dict(), optimizer.state_dict()
+        )
+        reason = failure if failure is not None else RuntimeError("the checkpoint write failed on another process")
+        raise integrity.write_failure(reason, root, ckpt.checkpoint_name(step), needed, previous) from failure
     accelerator.wait_for_everyone()
 
 
@@ -282,9 +330,19 @@ def _all_processes(skipped: list[SkippedRow], accelerator: Accelerator) -> list[
     return [s for part in gathered for s in part]
 
 
-def _single_threaded_worker(worker_id: int) -> None:
-    """Data workers decode and augment one row at a time; torch threads there only fight the training step."""
+def _shutdown_data_workers(batches: object) -> None:
+    """End the data workers now. They ignore SIGTERM, so the SIGTERM that multiprocessing sends them at exit would
+    not end them, and an error's traceback can keep the iterator (and so the workers) alive until then."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+def _data_worker_init(worker_id: int) -> None:
+    """Data workers decode and augment one row at a time; torch threads there only fight the training step.
+    Stop signals are the main process's to handle (it checkpoints, then ends the workers)."""
     torch.set_num_threads(1)
+    ignore_stop_signals()
 
 
 class _null:
