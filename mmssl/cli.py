@@ -1,8 +1,8 @@
 """Command line: ``mmssl train | eval | embed | finetune | export | validate | modalities``.
 
 Exit codes: 0 done; 1 an error (one message naming the file and what to do; ``--debug`` or ``MMSSL_DEBUG=1`` shows
-the traceback); 2 a bad recipe or option; 75 training stopped by SIGTERM/SIGINT after writing a checkpoint (rerun
-with ``--resume``); 130 a second Ctrl-C.
+the traceback); 2 a bad recipe or option, or a data file it names that is missing or unreadable; 75 training
+stopped by SIGTERM/SIGINT after writing a checkpoint (rerun with ``--resume``); 130 a second Ctrl-C.
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ def _options(
     ] = False,
 ) -> None:
     """Multimodal self-supervised pretraining."""
+    if debug:
+        import os
+
+        os.environ["MMSSL_DEBUG"] = "1"  # read by mmssl.errors.debug_enabled, here and in child processes
 
 
 TRUST_HELP = (
@@ -56,8 +60,10 @@ TrustPlugins = Annotated[bool, typer.Option("--trust-plugins", help=TRUST_HELP)]
 
 def _fail(problem: str | Exception) -> None:
     """Show a bad recipe, option or path (a message, or an exception explained by ``mmssl.errors.explain``); exit 2."""
-    from mmssl.errors import UserError, explain, report
+    from mmssl.errors import UserError, debug_enabled, explain, report
 
+    if isinstance(problem, Exception) and debug_enabled():
+        raise problem
     message, hint, _ = explain(problem) if isinstance(problem, Exception) else (problem, None, 2)
     error = UserError(message, hint)
     error.exit_code = 2

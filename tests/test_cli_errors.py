@@ -63,7 +63,7 @@ def test_missing_data_file(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r", IMAGE_RECIPE)
     (tmp_path / "r" / "rows.csv").unlink()
     result = invoke("train", str(recipe), "--output", str(tmp_path / "run"), "--no-eval")
-    assert_one_message(result, 1, f"manifest {tmp_path / 'r' / 'rows.csv'} not found", "Check the path")
+    assert_one_message(result, 2, f"manifest {tmp_path / 'r' / 'rows.csv'} not found", "Check the path")
     debug = invoke("--debug", "train", str(recipe), "--output", str(tmp_path / "run2"), "--no-eval")
     assert isinstance(debug.exception, FileNotFoundError)  # the traceback is the caller's to print
     env_debug = invoke("train", str(recipe), "--output", str(tmp_path / "run3"), "--no-eval", env={"MMSSL_DEBUG": "1"})
@@ -74,13 +74,13 @@ def test_missing_image_file(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r", IMAGE_RECIPE)
     (tmp_path / "r" / "3.png").unlink()
     result = invoke("train", str(recipe), "--output", str(tmp_path / "run"), "--no-eval")
-    assert_one_message(result, 1, "3.png")
+    assert_one_message(result, 2, "3.png")
 
 
 def test_corrupt_data_file(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r", IMAGE_RECIPE, corrupt=True)
     result = invoke("train", str(recipe), "--output", str(tmp_path / "run"), "--no-eval")
-    assert_one_message(result, 1, "bad.png", "--debug")
+    assert_one_message(result, 2, "bad.png", "--debug")
 
 
 def test_damaged_fashion_mnist_file(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_damaged_fashion_mnist_file(tmp_path: Path) -> None:
     tree = {**IMAGE_RECIPE, "data": {"train": {"source": "fashion_mnist", "split": "train", "root": str(folder)}}}
     recipe = write_recipe(tmp_path / "r", tree)
     result = invoke("train", str(recipe), "--output", str(tmp_path / "run"), "--no-eval")
-    assert_one_message(result, 1, f"Fashion-MNIST file {folder / FILES['train'][0]} is damaged", "download it again")
+    assert_one_message(result, 2, f"Fashion-MNIST file {folder / FILES['train'][0]} is damaged", "download it again")
 
 
 def test_bad_plugin_file(tmp_path: Path) -> None:
