@@ -85,12 +85,12 @@ OPTIONAL_PACKAGES = {
 DEBUG_HINT = "Run with --debug (or MMSSL_DEBUG=1) for the traceback."
 
 
-def _first_line(err: BaseException) -> str:
-    """The message of ``err`` without the worker traceback a DataLoader worker's exception carries along."""
+def _message(err: BaseException) -> str:
+    """The message of ``err``, without the worker traceback a DataLoader worker's exception carries along."""
     text = str(err).strip()
     if "Original Traceback" in text:
         text = text.splitlines()[-1].strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return text or type(err).__name__
 
 
 def explain(err: BaseException) -> tuple[str, str | None, int]:
@@ -123,10 +123,10 @@ def explain(err: BaseException) -> tuple[str, str | None, int]:
             top = missing.group(1).split(".")[0]
             return str(err), f"Install the missing package: pip install '{OPTIONAL_PACKAGES.get(top, top)}'", 2
         return str(err), "`mmssl validate RECIPE` checks a recipe without running it.", 2
-    line = _first_line(err)
+    text = _message(err)
     if "Original Traceback" in str(err) or isinstance(err, ValueError):  # our ValueErrors are written for people
-        return line, DEBUG_HINT, 1
-    return f"{type(err).__name__}: {line}", DEBUG_HINT, 1
+        return text, DEBUG_HINT, 1
+    return f"{type(err).__name__}: {text}", DEBUG_HINT, 1
 
 
 def report(err: BaseException) -> int:
