@@ -31,6 +31,7 @@ test-all: install data
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 
 clean:
 	rm -rf runs .pytest_cache

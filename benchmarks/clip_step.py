@@ -3,7 +3,7 @@
 One step = forward of both towers, CLIP loss, backward, AdamW update, on pre-made random tensors (no data loading).
 The three paths see the very same image and token-id tensors:
 
-  mmssl      a model built by mmssl's own builders (``validate_plugin_sections`` -> ``build_processors`` ->
+  mmssl      a model built by mmssl's own builders (``compile_recipe`` -> ``build_processors`` ->
              ``build_model`` -> ``build_train_module``) from a recipe-like dict with an image and a text modality
              and one ``clip`` objective; each step is ``TrainModule(batch)`` on a ``mmssl.data.dataset.Batch``.
   open_clip  ``open_clip.CLIP`` built from vision_cfg/text_cfg dicts of the same sizes, with ``open_clip.ClipLoss``.
@@ -44,11 +44,11 @@ from _timing import (
 )
 from torch import Tensor, nn
 
-from mmssl.build import build_model, build_processors, build_train_module, probe_batches, validate_plugin_sections
-from mmssl.data.dataset import CLEAN, Batch
+from mmssl.batch import CLEAN, Batch
+from mmssl.build import build_model, build_processors, build_train_module, probe_batches
+from mmssl.compiler import compile_recipe
 from mmssl.data.sources import Source
 from mmssl.modality import ModalityBatch
-from mmssl.recipe import parse_recipe
 from mmssl.train.optim import build_optimizer
 
 LR, WEIGHT_DECAY, BETAS = 1e-3, 0.05, (0.9, 0.95)
@@ -161,7 +161,7 @@ def recipe_tree(args: argparse.Namespace) -> dict:
 
 def build_mmssl(args: argparse.Namespace, rng: np.random.Generator):
     """Processors, train module and optimizer, built the way ``mmssl.train.trainer`` builds them."""
-    plan = validate_plugin_sections(parse_recipe(recipe_tree(args), "<clip_step benchmark>"))
+    plan = compile_recipe(recipe_tree(args), source="<clip_step benchmark>")
     sentences = make_sentences(48, rng)
     rows = [
         {"image": rng.integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8), "text": s}

@@ -37,12 +37,12 @@ from _timing import (
 )
 from torch import Tensor, nn
 
-from mmssl.build import build_model, build_processors, build_train_module, probe_batches, validate_plugin_sections
-from mmssl.data.dataset import CLEAN, Batch
+from mmssl.batch import CLEAN, Batch
+from mmssl.build import build_model, build_processors, build_train_module, probe_batches
+from mmssl.compiler import compile_recipe
 from mmssl.data.sources import Source
 from mmssl.modality import ModalityBatch
 from mmssl.objectives.functional import masked_mse
-from mmssl.recipe import parse_recipe
 from mmssl.train.optim import build_optimizer
 
 
@@ -113,7 +113,7 @@ class MaskTokenEmbedder(nn.Module):
 
 def build(args: argparse.Namespace, rng: np.random.Generator):
     """mmssl's processor and MAE train module, built the way the trainer builds them."""
-    plan = validate_plugin_sections(parse_recipe(recipe_tree(args), "<mae_speedup benchmark>"))
+    plan = compile_recipe(recipe_tree(args), source="<mae_speedup benchmark>")
     rows = [{"image": rng.integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8)} for _ in range(4)]
     source = Source(rows=rows, origin="synthetic rows", columns=["image"])
     processors = build_processors(plan, source)

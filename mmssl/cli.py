@@ -7,12 +7,16 @@ stopped by SIGTERM/SIGINT after writing a checkpoint (rerun with ``--resume``); 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from mmssl.recipe import Recipe
 
 
 class _PeopleFacingGroup(TyperGroup):
@@ -72,13 +76,14 @@ def _fail(problem: str | Exception) -> None:
 
 @app.command()
 def validate(recipes: Annotated[list[Path], typer.Argument(help="Recipe files.")]) -> None:
-    """Validate recipes (schema, plugins, objectives, capabilities) without running anything."""
-    from mmssl.recipe import RecipeError, load_recipe
+    """Validate recipes (schema, plugins, objectives, capabilities) without loading weights or running anything."""
+    from mmssl.compiler import compile_recipe
+    from mmssl.recipe import RecipeError
 
     failed = False
     for path in recipes:
         try:
-            load_recipe(path)
+            compile_recipe(path, weights=False)
             typer.echo(f"ok  {path}")
         except (RecipeError, FileNotFoundError) as err:
             failed = True
@@ -114,19 +119,17 @@ def train(
     SIGTERM or Ctrl-C stops training after the current step with a checkpoint on every process, and the command
     exits with code 75; rerun it with --resume to continue exactly where it stopped.
     """
-    from mmssl.build import validate_plugin_sections
+    from mmssl.compiler import compile_recipe
     from mmssl.data.errors import DataErrorLimit
     from mmssl.plugins import PluginError
-    from mmssl.recipe import RecipeError, load_recipe
+    from mmssl.recipe import RecipeError
     from mmssl.train.trainer import RunExistsError
     from mmssl.train.trainer import train as run_training
 
     trusted = trust_plugins or not resume
     try:
-        if resume and trust_plugins:
-            _check_recorded_plugins(recipe, overrides or [], output)
-        parsed = load_recipe(recipe, overrides or [], trust_plugins=trusted)
-        plan = validate_plugin_sections(parsed, str(recipe), trust_plugins=trusted)
+        consent = _recorded_plugins_check(output) if resume and trust_plugins else None
+        plan = compile_recipe(recipe, overrides or [], trust_plugins=trusted, before_plugins=consent)
         result = run_training(plan, output, resume=resume, resume_step=resume_step)
     except (RecipeError, FileNotFoundError, KeyError, ValueError, RunExistsError, PluginError, DataErrorLimit) as err:
         _fail(err)
@@ -147,16 +150,18 @@ def train(
         _evaluate(output, trust_plugins=trusted)
 
 
-def _check_recorded_plugins(recipe: Path, overrides: list[str], output: Path) -> None:
+def _recorded_plugins_check(output: Path) -> Callable[[Recipe], None]:
     """Before importing anything on --resume: the recipe's plugin files are the ones the run recorded."""
     from mmssl.plugins import check_plugin_files
-    from mmssl.recipe import apply_overrides, load_yaml
     from mmssl.train.run_folder import read_meta
 
-    files = apply_overrides(load_yaml(recipe), overrides).get("plugins") or []
     meta = read_meta(output)
-    if "plugins" in meta:
-        check_plugin_files(list(files), recipe.resolve().parent, meta["plugins"], str(output))
+
+    def check(recipe: Recipe) -> None:
+        if "plugins" in meta:
+            check_plugin_files(list(recipe.plugins), recipe.base_dir, meta["plugins"], str(output))
+
+    return check
 
 
 def _evaluate(run_dir: Path, trust_plugins: bool = False, overrides: list[str] | None = None) -> None:
@@ -327,29 +332,28 @@ def finetune(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmssl train`.")],
-    format: Annotated[str, typer.Option("--format", "-f", help="hf, open_clip or safetensors.")] = "safetensors",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="A registered export format: hf, open_clip, safetensors, ...")
+    ] = "safetensors",
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (replaced only if an export).")] = ...,
     modality: Annotated[str | None, typer.Option(help="hf: which transformers-based modality to export.")] = None,
     trust_plugins: TrustPlugins = False,
 ) -> None:
     """Export a run's encoders for tools without mmssl: a transformers folder, an open_clip model, or safetensors."""
-    from mmssl.export.hf import export_hf
-    from mmssl.export.open_clip import export_open_clip
-    from mmssl.export.safetensors_export import export_safetensors
+    from mmssl.export.formats import EXPORT_FORMATS
     from mmssl.plugins import PluginError
+    from mmssl.registry import RegistryError
 
-    trust = trust_plugins
-    exporters = {
-        "hf": lambda: export_hf(run_dir, output, modality, trust_plugins=trust),
-        "open_clip": lambda: export_open_clip(run_dir, output, trust_plugins=trust),
-        "safetensors": lambda: export_safetensors(run_dir, output, trust_plugins=trust),
-    }
-    if format not in exporters:
-        _fail(f"--format {format!r}: expected one of {sorted(exporters)}")
-    if modality is not None and format != "hf":
-        _fail("--modality applies to --format hf only")
     try:
-        written = exporters[format]()
+        kind = EXPORT_FORMATS.get(format)
+    except RegistryError as err:
+        _fail(f"--format: {err}")
+    per_modality = [name for name, f in EXPORT_FORMATS.items() if f.per_modality]
+    if modality is not None and not kind.per_modality:
+        _fail(f"--modality applies to --format {' or '.join(per_modality)} only")
+    try:
+        args = (run_dir, output, modality) if kind.per_modality else (run_dir, output)
+        written = kind.write(*args, trust_plugins=trust_plugins)
     except (ValueError, FileNotFoundError, FileExistsError, PluginError) as err:
         _fail(str(err))
     typer.echo(f"wrote {format} export to {written} (see {written / 'README.md'})")
@@ -358,11 +362,11 @@ def export(
 @app.command()
 def modalities() -> None:
     """List registered modality plugins and their capabilities."""
-    from mmssl.plugins import FAILED, all_modalities
+    from mmssl.plugins import MODALITIES
 
-    for plugin in all_modalities():
+    for _, plugin in MODALITIES.items():
         typer.echo(f"{plugin.name:12s} {plugin.capabilities.describe():45s} {plugin.description}")
-    for name, reason in FAILED.items():
+    for name, reason in MODALITIES.failed.items():
         typer.secho(f"{name:12s} (failed) {reason}", fg=typer.colors.YELLOW)
 
 

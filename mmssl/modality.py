@@ -7,15 +7,20 @@ modality's name: it only calls the functions below.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from mmssl.encoders.base import Preprocessing
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
 @dataclass
@@ -83,11 +88,19 @@ class Capabilities:
             targets (MLM-style), or None when the modality cannot be masked.
         pairing: Rows can be paired with other modalities (alignment objectives); every encoder gives a
             pooled embedding, so this is True unless a plugin says otherwise.
+        masks_drop_tokens: ``mask`` hides tokens by dropping them from the encoder's input (``ModalityBatch.keep``),
+            which only encoders that can drop tokens accept; None: True for continuous masking (MAE-style).
+            Read it as ``drops_tokens``.
     """
 
     views: bool = True
     masking: Literal["continuous", "categorical"] | None = None
     pairing: bool = True
+    masks_drop_tokens: bool | None = None
+
+    @property
+    def drops_tokens(self) -> bool:
+        return self.masking == "continuous" if self.masks_drop_tokens is None else self.masks_drop_tokens
 
     def describe(self) -> str:
         parts = ["views" if self.views else "no views"]
@@ -144,14 +157,14 @@ class Processor(Protocol):
 
 
 @dataclass
-class ModalityPlugin:
+class ModalityPlugin(Generic[OptionsT]):
     """A modality, as registered in the ``mmssl.modalities`` entry-point group.
 
     Attributes:
         name: Registry name (``image``, ``text``, ...).
         description: One line for ``mmssl modalities``.
         capabilities: What objectives this modality supports.
-        options: Pydantic model of the modality's recipe options (``modalities.<name>.options``).
+        options: Pydantic model ``OptionsT`` of the modality's recipe options (``modalities.<name>.options``).
         build_processor: ``(options, corpus) -> Processor``; ``corpus`` iterates the raw training values, so
             processors can fit statistics or train a tokenizer.
         load_processor: ``(options, directory) -> Processor`` from what ``Processor.save`` wrote.
@@ -163,14 +176,13 @@ class ModalityPlugin:
     name: str
     description: str
     capabilities: Capabilities
-    options: type[BaseModel]
-    build_processor: Any
-    load_processor: Any
-    build_encoder: Any
-    adopt: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    options: type[OptionsT]
+    build_processor: Callable[[OptionsT, Iterable[Any]], Processor]
+    load_processor: Callable[[OptionsT, Path], Processor]
+    build_encoder: Callable[[OptionsT, Processor], nn.Module]
+    adopt: Callable[[OptionsT, Preprocessing], OptionsT] | None = None
 
-    def parse_options(self, raw: dict[str, Any] | None) -> BaseModel:
+    def parse_options(self, raw: dict[str, Any] | None) -> OptionsT:
         return self.options.model_validate(raw or {})
 
 

@@ -1,58 +1,52 @@
-"""Discovery of modality plugins: the ``mmssl.modalities`` entry-point group and plugin files named in recipes."""
+"""Modality plugins and plugin files: the ``mmssl.modalities`` registry and ``plugins: [file.py]`` of a recipe.
+
+A plugin file may register components of any kind: importing it runs its decorators (``@register_objective``,
+``@register_source``, ``@register_evaluator``, ``@register_encoder_library``, ``@register_export_format``), and a
+``plugin`` (or ``plugins``) it defines is registered as a modality.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import sys
-import warnings
-from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from mmssl.modality import ModalityPlugin
-from mmssl.registry import Registry
+from mmssl.registry import REGISTRIES, Registry, RegistryError
 
 ENTRY_POINT_GROUP = "mmssl.modalities"
-MODALITIES: Registry[ModalityPlugin] = Registry("modality")
-FAILED: dict[str, str] = {}
-"""Entry points that failed to load: name -> reason. They are reported, not fatal, unless asked for."""
-_loaded_entry_points = False
+MODALITIES: Registry[ModalityPlugin[Any]] = Registry("modality", group=ENTRY_POINT_GROUP)
 
 
 class PluginError(RuntimeError):
     """A plugin could not be loaded; the message names its entry point or file."""
 
 
-def _register(obj: object, origin: str) -> list[str]:
+def register_modality(plugin: ModalityPlugin[Any]) -> ModalityPlugin[Any]:
+    """Register a modality plugin under its ``name`` (what the entry point or a plugin file's ``plugin`` does)."""
+    return MODALITIES.register(plugin.name, plugin)  # type: ignore[return-value]
+
+
+def _register_modalities(obj: object, origin: str) -> list[str]:
     items = obj if isinstance(obj, list | tuple) else [obj]
-    names = []
     for item in items:
         if not isinstance(item, ModalityPlugin):
             raise PluginError(f"{origin}: expected a ModalityPlugin, got {type(item).__name__}")
-        if item.name in MODALITIES and MODALITIES.get(item.name) is not item:
-            raise PluginError(f"{origin}: modality {item.name!r} is already registered by another plugin")
-        MODALITIES.register(item.name, item, replace=True)
-        names.append(item.name)
-    return names
+    try:
+        return MODALITIES.add(list(items), origin)
+    except RegistryError as err:
+        raise PluginError(str(err).replace("by another package", "by another plugin")) from None
+
+
+def _counts() -> list[int]:
+    return [len(registry._items) for registry in REGISTRIES]
 
 
 def load_entry_points() -> None:
-    """Register every plugin in the ``mmssl.modalities`` entry-point group (once per process).
-
-    A plugin that fails to import is recorded in ``FAILED`` with a warning, so one broken third-party plugin
-    does not stop the others; asking for it by name raises with the reason.
-    """
-    global _loaded_entry_points
-    if _loaded_entry_points:
-        return
-    _loaded_entry_points = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        origin = f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP})"
-        try:
-            _register(ep.load(), origin)
-        except Exception as err:
-            FAILED[ep.name] = f"{origin} failed to load: {type(err).__name__}: {err}"
-            warnings.warn(FAILED[ep.name], RuntimeWarning, stacklevel=2)
+    """Register every plugin in the ``mmssl.modalities`` entry-point group (once per process)."""
+    MODALITIES.load()
 
 
 def plugin_file_path(path: str | Path, base: Path | None = None) -> Path:
@@ -94,7 +88,7 @@ def check_plugin_files(files: list[str], base: Path | None, recorded: dict[str, 
 
 
 def load_plugin_file(path: str | Path, base: Path | None = None) -> list[str]:
-    """Import a plugin file and register the ``plugin`` (or ``plugins``) it defines.
+    """Import a plugin file: its decorators register components of any kind, its ``plugin(s)`` a modality.
 
     Args:
         path: A ``.py`` file; relative paths are resolved against ``base`` (the recipe's folder).
@@ -102,36 +96,43 @@ def load_plugin_file(path: str | Path, base: Path | None = None) -> list[str]:
 
     Returns:
         The names of the modalities it registered.
+
+    Raises:
+        PluginError: The file is missing, fails to import, or registers nothing.
     """
     file = plugin_file_path(path, base)
     if not file.is_file():
         raise PluginError(f"plugin file {path} not found (looked at {file})")
     module_name = "mmssl_user_plugin_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
+    registered = False
     if module_name in sys.modules:
         module = sys.modules[module_name]
+        registered = True  # imported before: its decorators ran then
     else:
         spec = importlib.util.spec_from_file_location(module_name, file)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
+        before = _counts()
         try:
             spec.loader.exec_module(module)
         except Exception as err:
             del sys.modules[module_name]
             raise PluginError(f"plugin file {file} failed to import: {err}") from err
+        registered = _counts() != before
     obj = getattr(module, "plugins", None) or getattr(module, "plugin", None)
     if obj is None:
-        raise PluginError(f"plugin file {file} defines neither `plugin` nor `plugins`")
-    return _register(obj, f"plugin file {file}")
+        if registered:
+            return []
+        raise PluginError(
+            f"plugin file {file} defines neither `plugin` nor `plugins` and registers nothing through a decorator"
+        )
+    return _register_modalities(obj, f"plugin file {file}")
 
 
-def get_modality(name: str) -> ModalityPlugin:
-    load_entry_points()
-    if name not in MODALITIES and name in FAILED:
-        raise PluginError(FAILED[name])
+def get_modality(name: str) -> ModalityPlugin[Any]:
     return MODALITIES.get(name)
 
 
-def all_modalities() -> list[ModalityPlugin]:
-    load_entry_points()
+def all_modalities() -> list[ModalityPlugin[Any]]:
     return [plugin for _, plugin in MODALITIES.items()]

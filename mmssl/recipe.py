@@ -1,8 +1,8 @@
 """The recipe schema: a YAML file validated into typed sections before any compute.
 
 Sections whose fields depend on a plugin (modality options, objective, source and evaluation options) are
-validated in a second pass against the model each registered plugin supplies, and every error names its key
-path, e.g. ``objectives[1].temprature: extra inputs are not permitted``.
+validated in a second pass (:func:`mmssl.compiler.compile_recipe`) against the model each registered component
+supplies, and every error names its key path, e.g. ``objectives[1].temprature: extra inputs are not permitted``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class Strict(BaseModel):
@@ -32,24 +41,26 @@ class LoraSpec(Strict):
     )
 
 
-class EncoderSpec(Strict):
-    """A released encoder to start from (``modalities.<m>.encoder``), instead of the plugin's own."""
+class EncoderSpec(BaseModel):
+    """A released encoder to start from (``modalities.<m>.encoder``), instead of the plugin's own.
 
-    library: Literal["transformers", "open_clip", "timm"] = Field(description="Which library's format to load.")
+    The fields every library shares. Each encoder library owns an options model that extends this one with its
+    own fields (``EncoderLibrary.options``, e.g. open_clip's ``model`` and ``tower``); the compiler validates the
+    section against the model of the library it names, so the keys a library does not know are refused there.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    library: str = Field(
+        description="Registered encoder library whose format to load (built in: transformers, open_clip, timm)."
+    )
     path: str | None = Field(
         None,
         description=(
-            "transformers: a model folder or hub id; open_clip / timm: a checkpoint file (.safetensors, or a "
-            "torch file read with weights_only=True). `package:NAME[/sub/path]` names a folder inside an installed "
-            "Python package. Relative paths are resolved against the recipe's folder."
+            "The encoder's weights: a folder, file or hub id, as its library reads them. `package:NAME[/sub/path]` "
+            "names a folder inside an installed Python package. Relative paths are resolved against the recipe's "
+            "folder."
         ),
     )
-    model: str | None = Field(
-        None, description="open_clip / timm architecture name (e.g. ViT-B-32, vit_small_patch16_224)."
-    )
-    pretrained: str | None = Field(None, description="open_clip pretrained tag (needs internet), instead of `path`.")
-    tower: Literal["image", "text"] | None = Field(None, description="open_clip: which tower encodes this modality.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments of the model factory.")
     pooling: Literal["default", "mean", "cls"] = Field(
         "default", description="Pooled embedding: the library's usual one (default), mean of tokens or first token."
     )
@@ -64,12 +75,6 @@ class EncoderSpec(Strict):
             raise ValueError("train: lora needs a `lora` section (r, alpha, target_modules)")
         if self.train != "lora" and self.lora is not None:
             raise ValueError(f"`lora` is given but train is {self.train!r}; set train: lora")
-        if self.library in ("open_clip", "timm") and not self.model:
-            raise ValueError(f"library {self.library} needs `model` (the architecture name)")
-        if self.library == "open_clip" and self.tower is None:
-            raise ValueError("library open_clip needs `tower`: image or text")
-        if self.path is None and self.pretrained is None:
-            raise ValueError("give `path` (a folder, file or hub id) or, for open_clip, `pretrained`")
         return self
 
 
@@ -77,7 +82,9 @@ class ModalitySpec(Strict):
     plugin: str | None = Field(None, description="Registered modality plugin; default: the modality's own key.")
     column: str | None = Field(None, description="Data column holding this modality; default: the modality's key.")
     options: dict[str, Any] = Field(default_factory=dict, description="The plugin's own options.")
-    encoder: EncoderSpec | None = Field(None, description="Start from a released encoder instead of the plugin's own.")
+    encoder: SerializeAsAny[EncoderSpec] | None = Field(
+        None, description="Start from a released encoder instead of the plugin's own."
+    )
     projection: Literal["linear", "identity"] = Field(
         "linear",
         description=(
@@ -306,22 +313,6 @@ def parse_recipe(tree: dict[str, Any], source: str = "<recipe>", base_dir: Path 
     recipe.base_dir = base_dir or Path(".")
     if "train" not in recipe.data:
         raise RecipeError(source, [("data", "a `train` split is required")])
-    return recipe
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None, trust_plugins: bool = True) -> Recipe:
-    """Read, override and fully validate a recipe file (both passes, and what each evaluation needs from its data).
-
-    A recipe's ``plugins:`` files are imported (they run code) unless ``trust_plugins`` is False.
-    """
-    from mmssl.build import validate_plugin_sections  # late import: plugins load only when needed
-    from mmssl.eval.needs import evaluation_needs_errors
-
-    tree = apply_overrides(load_yaml(path), overrides or [])
-    recipe = parse_recipe(tree, str(path), Path(path).resolve().parent)
-    problems = evaluation_needs_errors(validate_plugin_sections(recipe, str(path), trust_plugins=trust_plugins))
-    if problems:
-        raise RecipeError(str(path), problems)
     return recipe
 
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mmssl.build import Plan, build_model, load_processors, load_source, validate_plugin_sections
+from mmssl.build import build_model, load_processors, load_source
+from mmssl.compiler import Plan, compile_recipe
 from mmssl.data.labels import LabelSpace
 from mmssl.eval.base import EvalContext, EvalReport, run_evaluations
 from mmssl.modality import Processor
 from mmssl.model import JointEmbeddingModel
 from mmssl.plugins import check_plugin_files
-from mmssl.recipe import apply_overrides, load_yaml, parse_recipe
+from mmssl.recipe import Recipe
 from mmssl.train import checkpoint as ckpt
 from mmssl.train import integrity
 
@@ -50,6 +51,34 @@ def check_eval_overrides(overrides: list[str]) -> None:
         )
 
 
+def compile_run_recipe(
+    path: Path, trust_plugins: bool = False, overrides: list[str] | None = None, weights: bool = True
+) -> Plan:
+    """Compile the recipe of run folder ``path``: its paths resolved as when it trained, its plugin files imported
+    only with ``trust_plugins`` and only when their SHA-256 matches what the run recorded."""
+    recipe_file = path / "recipe.yaml"
+    if not recipe_file.is_file():
+        raise FileNotFoundError(f"{path} is not an mmssl run folder (no recipe.yaml)")
+    meta = json.loads((path / "run.json").read_text()) if (path / "run.json").is_file() else {}
+    base_dir = Path(meta.get("base_dir", path))
+    if overrides:
+        check_eval_overrides(overrides)
+
+    def consent(recipe: Recipe) -> None:
+        if trust_plugins and "plugins" in meta:
+            check_plugin_files(recipe.plugins, base_dir, meta["plugins"], str(path))
+
+    return compile_recipe(
+        recipe_file,
+        overrides or [],
+        base_dir=base_dir,
+        weights=weights,
+        trust_plugins=trust_plugins,
+        before_plugins=consent,
+        check_evaluation_data=False,
+    )
+
+
 def load_run(
     path: str | Path,
     device: torch.device | str = "cpu",
@@ -64,20 +93,9 @@ def load_run(
         overrides: ``key.path=value`` overrides of the run's recipe (see ``check_eval_overrides``).
     """
     path = Path(path)
-    recipe_file = path / "recipe.yaml"
-    if not recipe_file.is_file():
-        raise FileNotFoundError(f"{path} is not an mmssl run folder (no recipe.yaml)")
-    meta = json.loads((path / "run.json").read_text()) if (path / "run.json").is_file() else {}
-    base_dir = Path(meta.get("base_dir", path))
-    if overrides:
-        check_eval_overrides(overrides)
-    tree = apply_overrides(load_yaml(recipe_file), overrides or [])
-    recipe = parse_recipe(tree, str(recipe_file), base_dir)
-    if trust_plugins and "plugins" in meta:
-        check_plugin_files(recipe.plugins, base_dir, meta["plugins"], str(path))
-    plan = validate_plugin_sections(recipe, str(recipe_file), trust_plugins=trust_plugins)
+    plan = compile_run_recipe(path, trust_plugins, overrides, weights=True)
     if (path / "labels.json").is_file():
-        plan.labels = LabelSpace.from_json(json.loads((path / "labels.json").read_text()))
+        plan.set_labels(LabelSpace.from_json(json.loads((path / "labels.json").read_text())))
     processors = load_processors(plan, path / "processors")
     model = build_model(plan, processors)
     weights = path / "model.safetensors"

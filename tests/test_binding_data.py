@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-import mmssl.build  # noqa: F401  (registers every source)
-from mmssl.build import load_source, validate_plugin_sections
-from mmssl.data.digits import DIGIT_WORDS
+from mmssl.build import load_source
+from mmssl.compiler import compile_recipe
 from mmssl.data.sources import SOURCES, Source, SourceOptions, register_source
-from mmssl.recipe import RecipeError, parse_recipe
+from mmssl.datasets.digits import DIGIT_WORDS
+from mmssl.recipe import RecipeError
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "recipes" / "tiny_image_text.yaml"
@@ -74,7 +74,7 @@ def test_concat_parts_are_validated_with_key_paths() -> None:
         ],
     }
     with pytest.raises(RecipeError) as err:
-        validate_plugin_sections(parse_recipe(tree))
+        compile_recipe(tree)
     paths = [path for path, _ in err.value.errors]
     assert paths == [
         "data.train.parts[1].split",
@@ -85,7 +85,7 @@ def test_concat_parts_are_validated_with_key_paths() -> None:
     assert "unknown data source 'no_such_source'" in str(err.value)
 
     tree["data"]["train"]["parts"] = [{"source": "fashion_mnist", "limit": 8}, {"source": "sklearn_digits", "limit": 4}]
-    source = load_source(validate_plugin_sections(parse_recipe(tree)), "train")
+    source = load_source(compile_recipe(tree), "train")
     assert len(source) == 12 and source.class_names is None  # the parts' classes differ
     assert {"caption", "text", "image"} <= set(source.columns)
 
@@ -188,7 +188,7 @@ def test_binding_recipe_trains_on_rows_without_shared_modalities(
         },
     }
     tree["evaluations"] = [tree["evaluations"][0]]
-    plan = validate_plugin_sections(parse_recipe(tree, str(recipe), recipe.parent))
+    plan = compile_recipe(tree, source=str(recipe), base_dir=recipe.parent)
     assert [o.modalities for _, _, o in plan.objectives] == [("image", "text"), ("audio", "text")]
     result = train(plan, tmp_path / "run")
     assert result.finished

@@ -84,7 +84,7 @@ def test_corrupt_data_file(tmp_path: Path) -> None:
 
 
 def test_damaged_fashion_mnist_file(tmp_path: Path) -> None:
-    from mmssl.data.fashion_mnist import FILES
+    from mmssl.datasets.fashion_mnist import FILES
 
     folder = tmp_path / "fmnist"
     folder.mkdir()

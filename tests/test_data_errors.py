@@ -22,8 +22,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from mmssl.build import Plan, validate_plugin_sections
 from mmssl.cli import app
+from mmssl.compiler import Plan, compile_recipe
 from mmssl.data.errors import DataErrorLimit, DataErrorPolicy, SkippedRow, read_skipped, replacement_row
 from mmssl.data.sampler import ResumableBatchSampler
 from mmssl.recipe import RecipeError, parse_recipe
@@ -78,7 +78,7 @@ def recipe_tree(manifest: Path, **data: Any) -> dict[str, Any]:
 
 
 def make_plan(tree: dict[str, Any]) -> Plan:
-    return validate_plugin_sections(parse_recipe(tree, "test", Path(".")))
+    return compile_recipe(tree, source="test", base_dir=Path("."))
 
 
 @pytest.fixture(scope="module")

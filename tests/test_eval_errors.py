@@ -16,7 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mmssl.cli import app
-from mmssl.recipe import RecipeError, load_recipe, load_yaml
+from mmssl.compiler import compile_recipe
+from mmssl.recipe import RecipeError, load_yaml
 
 TINY = Path(__file__).resolve().parent / "recipes" / "tiny_image_text.yaml"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -73,13 +74,14 @@ def test_zero_shot_on_a_csv_manifest_without_class_names_is_refused_before_train
     assert result.exit_code == 2 and "evaluations[1].class_names" in result.output
     assert not (out / "checkpoints").exists()
     # Naming the classes in the recipe (or an override) makes it valid.
-    assert load_recipe(recipe, [f"evaluations.1.class_names={json.dumps(NAMES)}"]).evaluations[1]["class_names"]
+    named = compile_recipe(recipe, [f"evaluations.1.class_names={json.dumps(NAMES)}"])
+    assert named.recipe.evaluations[1]["class_names"]
 
 
 def test_evaluations_on_unlabelled_rows_are_refused(tmp_path: Path) -> None:
     recipe = write(csv_recipe(tmp_path, labels=False), tmp_path / "recipe.yaml")
     with pytest.raises(RecipeError) as err:
-        load_recipe(recipe)
+        compile_recipe(recipe)
     found = err.value.errors
     for split in ("train", "test"):
         assert any(p == "evaluations[0]" and f"knn needs labelled rows in split {split!r}" in m for p, m in found)
@@ -91,7 +93,7 @@ def test_the_prompt_modality_must_be_in_the_recipe(tmp_path: Path) -> None:
     tree = load_yaml(TINY)
     tree["evaluations"][1]["text"] = "caption"
     with pytest.raises(RecipeError, match=r"evaluations\[1\]: names modality 'caption', not in `modalities`"):
-        load_recipe(write(tree, tmp_path / "recipe.yaml"))
+        compile_recipe(write(tree, tmp_path / "recipe.yaml"))
 
 
 # A failing evaluation after training.

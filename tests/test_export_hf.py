@@ -17,9 +17,8 @@ from safetensors.torch import load_file
 from test_released_transformers import TEXTS, recipe
 from typer.testing import CliRunner
 
-from mmssl.build import validate_plugin_sections
 from mmssl.cli import app
-from mmssl.recipe import parse_recipe
+from mmssl.compiler import compile_recipe
 
 CHILD = textwrap.dedent(
     """
@@ -48,7 +47,7 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hf_export")
     bert = make_tiny_bert(root / "bert")
     tree = recipe(bert, train="lora", lora={"r": 2, "alpha": 4, "target_modules": ["query", "value"]})
-    plan = validate_plugin_sections(parse_recipe(tree, base_dir=root))
+    plan = compile_recipe(tree, base_dir=root)
     assert train(plan, root / "run").finished
     return root / "run"
 
@@ -129,7 +128,7 @@ def test_export_errors_are_clear_and_leave_the_output_alone(lora_run: Path, tmp_
     with pytest.raises(ValueError, match="--modality 'image' is not in the run"):
         export_hf(lora_run, tmp_path / "x", modality="image")
     result = CliRunner().invoke(app, ["export", str(lora_run), "--format", "onnx", "--output", str(tmp_path / "y")])
-    assert result.exit_code == 2 and "expected one of" in result.output
+    assert result.exit_code == 2 and "valid choices: hf, open_clip, safetensors" in result.output
     own = Path(__file__).parent / "recipes"
     result = CliRunner().invoke(app, ["export", str(own), "--format", "hf", "--output", str(tmp_path / "z")])
     assert result.exit_code == 2 and "not an mmssl run folder" in result.output

@@ -16,9 +16,8 @@ open_clip = pytest.importorskip("open_clip")
 
 from test_released_open_clip import NAME, TEXTS, make_tiny_clip  # noqa: E402
 
-from mmssl.build import validate_plugin_sections  # noqa: E402
+from mmssl.compiler import compile_recipe  # noqa: E402
 from mmssl.export.open_clip import export_open_clip  # noqa: E402
-from mmssl.recipe import parse_recipe  # noqa: E402
 
 CHILD = textwrap.dedent(
     """
@@ -84,7 +83,7 @@ def test_export_loads_in_open_clip_without_mmssl(tmp_path: Path) -> None:
     from mmssl.train.trainer import train
 
     source, weights, _ = make_tiny_clip(tmp_path / "source")
-    plan = validate_plugin_sections(parse_recipe(recipe_tree(weights), base_dir=tmp_path))
+    plan = compile_recipe(recipe_tree(weights), base_dir=tmp_path)
     result = train(plan, tmp_path / "run")
     assert result.finished
     out = export_open_clip(tmp_path / "run", tmp_path / "export")
@@ -124,6 +123,7 @@ def test_export_loads_in_open_clip_without_mmssl(tmp_path: Path) -> None:
 
 def test_export_refuses_a_run_without_an_open_clip_text_tower(tmp_path: Path) -> None:
     weights = tmp_path / "tiny.safetensors"
+    weights.write_bytes(b"")  # validation checks that it exists; the refusal comes before any weights load
     run = tmp_path / "run"
     run.mkdir()
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe_tree(weights, text_encoder=False)))

@@ -13,10 +13,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from mmssl.build import validate_plugin_sections
 from mmssl.cli import app
+from mmssl.compiler import compile_recipe
 from mmssl.finetune import FinetuneConfig, FinetuneError, finetune, fit_probe, regression_metrics
-from mmssl.recipe import load_yaml, parse_recipe
+from mmssl.recipe import load_yaml
 from mmssl.run import load_run
 from mmssl.train.trainer import train as train_run
 
@@ -212,7 +212,7 @@ def test_fit_probe_picks_the_best_validation_epoch() -> None:
 
 @pytest.fixture(scope="module")
 def run_dir(data: Path) -> Path:
-    plan = validate_plugin_sections(parse_recipe(load_yaml(data / "recipe.yaml"), "recipe", data), "recipe")
+    plan = compile_recipe(load_yaml(data / "recipe.yaml"), source="recipe", base_dir=data)
     out = data / "run"
     result = train_run(plan, out)
     assert result.finished

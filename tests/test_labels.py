@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import yaml
 
-from mmssl.build import build_model, build_processors, load_source, validate_plugin_sections
+from mmssl.build import build_model, build_processors, load_source
+from mmssl.compiler import compile_recipe
 from mmssl.eval.base import EvalContext, run_evaluations
 from mmssl.eval.embed import labelled_values
-from mmssl.recipe import load_recipe
 
 NAMES = ["bird", "cat", "dog", "fox"]
 
@@ -63,7 +63,7 @@ def manifest(path: Path, **options: Any) -> dict[str, Any]:
 
 
 def raw_knn(recipe: Path) -> float:
-    plan = validate_plugin_sections(load_recipe(recipe))
+    plan = compile_recipe(recipe)
     processors = build_processors(plan, load_source(plan, "train"))
     ctx = EvalContext(
         model=build_model(plan, processors).eval(),
@@ -102,7 +102,7 @@ def test_no_split_is_renumbered_on_its_own(tmp_path: Path) -> None:
     rows = [{"image": im, "label": NAMES[i % 4]} for i, im in enumerate(images)]
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     test = write_jsonl(tmp_path / "test.jsonl", [r for r in rows if r["label"] in ("dog", "fox")])
-    plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, manifest(train), manifest(test))))
+    plan = compile_recipe(write_recipe(tmp_path, manifest(train), manifest(test)))
     by_image = {row["image"]: row["label"] for row in load_source(plan, "train").rows}
     test_source = load_source(plan, "test")
     assert test_source.class_names == sorted(NAMES)  # the whole dataset's classes, not the test split's two
@@ -116,7 +116,7 @@ def test_class_only_in_test_is_reported(tmp_path: Path) -> None:
     test = write_jsonl(
         tmp_path / "test.jsonl", [{"image": images[3], "label": "cat"}, {"image": images[4], "label": "emu"}]
     )
-    plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, manifest(train), manifest(test))))
+    plan = compile_recipe(write_recipe(tmp_path, manifest(train), manifest(test)))
     with pytest.warns(UserWarning, match=r"data.test .* 1 class\(es\) that data.train never shows: \['emu'\]"):
         source = load_source(plan, "test")
     assert plan.labels is not None and plan.labels.only_in == {"test": ["emu"]}
@@ -135,7 +135,7 @@ def bad_manifest_error(tmp_path: Path, name: str, text: str, **options: Any) -> 
 def load_train(recipe: Path) -> None:
     """Validate, then load the training split: a bad label column is refused at the first (when an evaluation
     needs the split's labels, validation reads the manifest before any training) or else at the second."""
-    load_source(validate_plugin_sections(load_recipe(recipe)), "train")
+    load_source(compile_recipe(recipe), "train")
 
 
 def test_mixed_label_types_name_file_row_and_value(tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_unlabelled_rows_train_but_stay_out_of_evaluation(tmp_path: Path) -> Non
     rows = [{"image": images[0], "label": "cat"}, {"image": images[1]}, {"image": images[2], "label": "dog"}]
     path = write_jsonl(tmp_path / "m.jsonl", rows)
     spec = manifest(path, missing_labels="unlabelled")
-    plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, spec, spec)))
+    plan = compile_recipe(write_recipe(tmp_path, spec, spec))
     source = load_source(plan, "train")
     assert source.unlabelled == 1 and [row["label"] for row in source.rows] == [0, None, 1]
     values, labels = labelled_values(source, "image")
@@ -174,7 +174,7 @@ def test_names_in_one_split_integers_in_another_are_refused(tmp_path: Path) -> N
     images = write_images(tmp_path / "img", 2)
     train = write_jsonl(tmp_path / "train.jsonl", [{"image": images[0], "label": "cat"}])
     test = write_jsonl(tmp_path / "test.jsonl", [{"image": images[1], "label": 0}])
-    plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, manifest(train), manifest(test))))
+    plan = compile_recipe(write_recipe(tmp_path, manifest(train), manifest(test)))
     with pytest.raises(ValueError, match=r"data.train \(.*train.jsonl\) has class names .* data.test .* integer"):
         load_source(plan, "train")
 
@@ -184,7 +184,7 @@ def test_manifest_split_column_selects_rows(tmp_path: Path) -> None:
     rows = [{"image": im, "label": i % 2, "fold": "test" if i >= 4 else "train"} for i, im in enumerate(images)]
     path = write_jsonl(tmp_path / "all.jsonl", rows)
     train, test = manifest(path, split_column="fold", split="train"), manifest(path, split_column="fold", split="test")
-    plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, train, test)))
+    plan = compile_recipe(write_recipe(tmp_path, train, test))
     assert [r["image"].name for r in load_source(plan, "train").rows] == ["0.npy", "1.npy", "2.npy", "3.npy"]
     assert [r["image"].name for r in load_source(plan, "test").rows] == ["4.npy", "5.npy"]
     # Row numbers in messages count rows of the file, not of the selected split.
@@ -196,7 +196,7 @@ def test_manifest_split_column_selects_rows(tmp_path: Path) -> None:
 def test_split_without_split_column_is_a_recipe_error(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "m.jsonl", [{"image": "a", "label": 0}])
     with pytest.raises(ValueError, match=r"data.train.*`split_column` and `split` go together"):
-        load_recipe(write_recipe(tmp_path, manifest(path, split="test"), manifest(path)))
+        compile_recipe(write_recipe(tmp_path, manifest(path, split="test"), manifest(path)))
 
 
 def test_run_keeps_its_label_space(tmp_path: Path) -> None:
@@ -208,7 +208,7 @@ def test_run_keeps_its_label_space(tmp_path: Path) -> None:
     rows = [{"image": im, "label": NAMES[i % 4]} for i, im in enumerate(images)]
     train_file = write_jsonl(tmp_path / "train.jsonl", rows)
     test_file = write_jsonl(tmp_path / "test.jsonl", rows[2:4])
-    plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, manifest(train_file), manifest(test_file))))
+    plan = compile_recipe(write_recipe(tmp_path, manifest(train_file), manifest(test_file)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train(plan, tmp_path / "run")
@@ -253,7 +253,7 @@ def test_concat_numbers_names_over_all_its_parts(tmp_path: Path) -> None:
     b = write_jsonl(tmp_path / "b.jsonl", [{"image": images[2], "label": "cat"}])
     c = write_jsonl(tmp_path / "c.jsonl", [{"image": images[3], "label": 1}])
     both = {"source": "concat", "parts": [manifest(a), manifest(b)]}
-    plan = validate_plugin_sections(load_recipe(write_recipe(tmp_path, both, manifest(b))))
+    plan = compile_recipe(write_recipe(tmp_path, both, manifest(b)))
     assert [row["label"] for row in load_source(plan, "train").rows] == [2, 0, 1]  # ant, cat, dog
     mixed = {"source": "concat", "parts": [manifest(a), manifest(c)]}
     with pytest.raises(ValueError, match=r"concat: part .*c.jsonl has integer labels while another part has class"):

@@ -12,7 +12,7 @@ import torch
 from tolerances import F32
 from torch.testing import assert_close
 
-from mmssl.build import validate_plugin_sections
+from mmssl.compiler import compile_recipe
 from mmssl.eval.monitors import (
     TrainingMonitor,
     alignment,
@@ -22,7 +22,6 @@ from mmssl.eval.monitors import (
     rankme,
     uniformity,
 )
-from mmssl.recipe import parse_recipe
 
 F64 = torch.float64
 
@@ -139,7 +138,7 @@ def tiny_tree(objectives: list[dict], **train: object) -> dict:
 def test_monitor_leaves_rng_and_mode_alone() -> None:
     from mmssl.build import build_model, build_processors, load_source
 
-    plan = validate_plugin_sections(parse_recipe(tiny_tree([{"name": "simclr", "modality": "image"}])))
+    plan = compile_recipe(tiny_tree([{"name": "simclr", "modality": "image"}]))
     source = load_source(plan, "train")
     processors = build_processors(plan, source)
     model = build_model(plan, processors).train()
@@ -196,7 +195,7 @@ def test_collapsed_run_is_flagged_in_metrics(
 
     collapse_encoder(monkeypatch)
     byol = {"name": "byol", "modality": "image", "proj_dim": 8, "hidden_dim": 16, "predictor": False}
-    plan = validate_plugin_sections(parse_recipe(tiny_tree([byol], monitor_every=3, monitor_rows=64, steps=6)))
+    plan = compile_recipe(tiny_tree([byol], monitor_every=3, monitor_rows=64, steps=6))
     train(plan, tmp_path / "collapsed")
     records = read_metrics(tmp_path / "collapsed")
     assert sorted(records) == [2, 3, 4, 6]  # log_every 2, plus the monitor step 3
@@ -215,7 +214,7 @@ def test_healthy_run_is_not_flagged(tmp_path: Path, capsys: pytest.CaptureFixtur
     from mmssl.train.trainer import train
 
     simclr = {"name": "simclr", "modality": "image", "proj_dim": 16, "hidden_dim": 32}
-    plan = validate_plugin_sections(parse_recipe(tiny_tree([simclr], monitor_every=4, monitor_rows=128, lr=2e-3)))
+    plan = compile_recipe(tiny_tree([simclr], monitor_every=4, monitor_rows=128, lr=2e-3))
     train(plan, tmp_path / "healthy")
     record = read_metrics(tmp_path / "healthy")[4]
     assert record["monitor/image/collapse"] == 0.0

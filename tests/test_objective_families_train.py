@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmssl.build import Plan, validate_plugin_sections
-from mmssl.recipe import parse_recipe
+from mmssl.build import Plan
+from mmssl.compiler import compile_recipe
 from mmssl.train.trainer import train
 
 IMAGE = {"image_size": 28, "patch_size": 7, "channels": 1, "width": 32, "depth": 1, "heads": 2, "stats_samples": 128}
@@ -35,7 +35,7 @@ def tiny_plan(objectives: list[dict[str, Any]], text: bool = False, **train_opti
     }
     if text:
         tree["modalities"]["text"] = {"column": "caption", "options": TEXT}
-    return validate_plugin_sections(parse_recipe(tree))
+    return compile_recipe(tree)
 
 
 def records(run: Path) -> dict[int, dict[str, float]]:

@@ -17,10 +17,10 @@ from torch import nn
 from torch.testing import assert_close
 from torchrun import run_two_processes
 
-from mmssl.data.dataset import Batch
+from mmssl.batch import Batch
 from mmssl.model import JointEmbeddingModel
 from mmssl.objectives import OBJECTIVES
-from mmssl.objectives.base import BuildInfo, StepContext
+from mmssl.objectives.base import BuildInfo
 from mmssl.objectives.noncontrastive import (
     barlow_twins_loss,
     byol_loss,
@@ -33,6 +33,7 @@ from mmssl.objectives.noncontrastive import (
     vicreg_loss,
 )
 from mmssl.objectives.teacher import EMATeacher, ema_update
+from mmssl.train.step import StepContext
 from mmssl_image import ImageOptions, build_encoder, build_processor
 
 F64 = torch.float64
@@ -375,7 +376,7 @@ def test_teacher_objectives_gradients_and_ema(name: str, options: dict, views: l
         for p in encoder.parameters():
             p.add_(torch.randn_like(p))
     old = {n: p.clone() for n, p in teacher.encoder.named_parameters()}
-    objective.after_optimizer_step(model, 1, 10)
+    objective.teacher.after_optimizer_step(model, 1, 10)
     m = ema_momentum(0, 10, 0.996)
     for (n, t), s in zip(teacher.encoder.named_parameters(), encoder.parameters(), strict=True):
         assert_close(t, m * old[n] + (1 - m) * s.detach(), msg=n)
@@ -392,7 +393,7 @@ def test_teacher_state_round_trips_through_a_state_dict(name: str, options: dict
     with torch.no_grad():
         for p in model.encoders["image"].parameters():
             p.mul_(0.5)
-    first.after_optimizer_step(model, 1, 10)
+    first.teacher.after_optimizer_step(model, 1, 10)
     state = first.state_dict()
     assert any(k.startswith("teacher.encoder.") for k in state)
 
@@ -430,7 +431,7 @@ def test_dino_center_buffer_and_temperature_warmup() -> None:
     assert_close(dino.center, 0.9 * torch.full((1, 16), 0.25) + 0.1 * mean)
     assert out["teacher_temp"].item() == pytest.approx(0.02)
     for step in range(1, 3):
-        dino.after_optimizer_step(model, step, 10)
+        dino.teacher.after_optimizer_step(model, step, 10)
     assert dino.teacher_temperature() == pytest.approx(0.02 + 0.04 * 2 / 4)
     frozen = dino.center.clone()
     dino.eval()

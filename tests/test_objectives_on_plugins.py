@@ -40,12 +40,12 @@ from pydantic import BaseModel
 from safetensors.torch import load_file
 
 import mmssl.train.trainer as trainer
-from mmssl.build import validate_plugin_sections
+from mmssl.compiler import compile_recipe
 from mmssl.modality import Capabilities
 from mmssl.objectives import OBJECTIVES
 from mmssl.objectives.base import ObjectiveType
 from mmssl.plugins import all_modalities
-from mmssl.recipe import RecipeError, parse_recipe
+from mmssl.recipe import RecipeError
 
 STEPS = 2
 
@@ -296,7 +296,7 @@ def train_two_steps(
         pytest.skip(f"no paired data for {plugin}: give its FIXTURES row a partner to run {name}")
     data = fixture.data(tmp_path) if callable(fixture.data) else fixture.data
     tree = recipe_tree(plugin, objective, data, fixture.batch_size, limits)
-    plan = validate_plugin_sections(parse_recipe(tree, tree["name"], tmp_path))
+    plan = compile_recipe(tree, source=tree["name"], base_dir=tmp_path)
 
     initial: dict[str, torch.Tensor] = {}
     build_model = trainer.build_model
@@ -355,7 +355,7 @@ def test_objective_rejected_without_capability(case: tuple[str, str]) -> None:
     # Validation reads no data: any source entry does.
     tree = recipe_tree(plugin, objective, {"source": "manifest", "path": "never-read.jsonl"}, 8)
     with pytest.raises(RecipeError) as err:
-        validate_plugin_sections(parse_recipe(tree, tree["name"]))
+        compile_recipe(tree, source=tree["name"])
     message = str(err.value)
     assert "objectives[0]" in message, message
     for need in missing:

@@ -14,7 +14,7 @@ import yaml
 from tolerances import F32_SCALAR
 from torchrun import run_two_processes
 
-from mmssl.objectives.base import ModalityAbsent, StepContext
+from mmssl.train.step import ModalityAbsent, StepContext
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tests" / "dist_scripts" / "partial_pairs.py"
@@ -89,7 +89,7 @@ def test_two_processes_with_missing_pairs_match_one_process(tmp_path: Path) -> N
 
 def test_pair_embeddings_have_one_dtype_under_autocast() -> None:
     """Every process must gather one dtype, also the one without rows of a modality (no encoder output)."""
-    from mmssl.objectives.alignment import CLIPOptions, paired_embeddings
+    from mmssl.objectives.alignment import paired_embeddings
 
     torch.set_default_dtype(torch.float32)
     module = pp.build(with_norm=False, gather=False)
@@ -99,8 +99,8 @@ def test_pair_embeddings_have_one_dtype_under_autocast() -> None:
             rows.data = rows.data.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ctx = StepContext(module.model, batch, module.processors)
-        present = paired_embeddings(ctx, CLIPOptions(name="clip", modalities=("image", "text")))
-        absent = paired_embeddings(ctx, CLIPOptions(name="clip", modalities=("audio", "text")))
+        present = paired_embeddings(ctx, [("image", "clean"), ("text", "clean")])
+        absent = paired_embeddings(ctx, [("audio", "clean"), ("text", "clean")])
     assert ctx.embed("image").dtype == torch.bfloat16  # what the encoder gives under autocast
     assert [t.dtype for t in (*present, *absent)] == [torch.float32] * 4
     assert [t.shape[0] for t in (*present, *absent)] == [1, 1, 0, 0]

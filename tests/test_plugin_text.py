@@ -445,7 +445,7 @@ def test_ascii_captions_tokenize_as_with_accent_stripping() -> None:
 
     (The trained vocabularies themselves may differ run to run: WordPiece breaks frequency ties in hash order.)
     """
-    from mmssl.data.fashion_mnist import CAPTION_TEMPLATES, CLASS_NAMES
+    from mmssl.datasets.fashion_mnist import CAPTION_TEMPLATES, CLASS_NAMES
     from mmssl_text import train_tokenizer
 
     captions = [template.format(name) for template in CAPTION_TEMPLATES for name in CLASS_NAMES]

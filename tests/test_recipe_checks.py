@@ -10,10 +10,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from mmssl.build import validate_plugin_sections
 from mmssl.cli import app
+from mmssl.compiler import compile_recipe
 from mmssl.export.open_clip import _write_folder
-from mmssl.recipe import RecipeError, load_recipe
+from mmssl.recipe import RecipeError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "recipes" / "tiny_image_text.yaml"
@@ -24,19 +24,19 @@ def test_duplicate_top_level_key_is_refused(tmp_path: Path) -> None:
     recipe = tmp_path / "dup.yaml"
     recipe.write_text(text + "\nseed: 7\n")  # `seed: 3` is already given at the top
     with pytest.raises(RecipeError, match=r"key 'seed' is given twice \(lines 4 and \d+\)"):
-        load_recipe(recipe)
+        compile_recipe(recipe)
 
 
 def test_duplicate_nested_key_is_refused(tmp_path: Path) -> None:
     recipe = tmp_path / "dup.yaml"
     recipe.write_text(TINY.read_text().replace("  steps: 6\n", "  steps: 6\n  steps: 60\n"))
     with pytest.raises(RecipeError, match="key 'steps' is given twice"):
-        load_recipe(recipe)
+        compile_recipe(recipe)
 
 
 def test_warmup_longer_than_the_run_is_refused() -> None:
     with pytest.raises(RecipeError, match=r"train.warmup_steps: .*warmup_steps \(10\) is larger than steps \(6\)"):
-        load_recipe(TINY, ["train.warmup_steps=10"])
+        compile_recipe(TINY, ["train.warmup_steps=10"])
 
 
 def test_bad_override_yaml_names_the_override() -> None:
@@ -51,7 +51,7 @@ def test_concat_takes_parts_as_the_docs_say(tmp_path: Path) -> None:
     tree["data"]["train"] = {"source": "concat", "parts": [tree["data"]["train"], tree["data"]["test"]]}
     recipe = tmp_path / "concat.yaml"
     recipe.write_text(yaml.safe_dump(tree))
-    validate_plugin_sections(load_recipe(recipe))
+    compile_recipe(recipe)
     assert "`concat` | `parts`" in (ROOT / "docs" / "recipes.md").read_text()
 
 

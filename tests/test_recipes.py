@@ -11,7 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from mmssl.cli import app
-from mmssl.recipe import RecipeError, apply_overrides, load_recipe, set_path
+from mmssl.compiler import compile_recipe
+from mmssl.recipe import RecipeError, apply_overrides, set_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "recipes" / "tiny_image_text.yaml"
@@ -33,7 +34,7 @@ def write_recipe(tmp_path: Path, change: Callable[[dict[str, Any]], None], name:
 
 def recipe_errors(path: Path) -> list[tuple[str, str]]:
     with pytest.raises(RecipeError) as info:
-        load_recipe(path)
+        compile_recipe(path, weights=False)
     assert str(path) in str(info.value)
     return info.value.errors
 
@@ -44,14 +45,14 @@ def test_shipped_recipes_are_found() -> None:
 
 @pytest.mark.parametrize("path", SHIPPED + TEST_RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_recipe_validates(path: Path) -> None:
-    recipe = load_recipe(path)
+    recipe = compile_recipe(path, weights=False).recipe
     assert recipe.name
     assert "train" in recipe.data
     assert recipe.base_dir == path.parent
 
 
 def test_quickstart_content() -> None:
-    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    recipe = compile_recipe(ROOT / "recipes" / "quickstart.yaml", weights=False).recipe
     assert [o["name"] for o in recipe.objectives] == ["clip", "simclr", "mae"]
     assert recipe.column_of("text") == "caption"
     assert recipe.plugin_of("image") == "image"
@@ -184,7 +185,9 @@ def test_overrides_parse_numbers_lists_and_list_items() -> None:
 
 def test_overrides_reach_the_validated_recipe() -> None:
     # PyYAML reads `2e-4` (no dot) as a string; the schema's float fields still take it as a number.
-    recipe = load_recipe(TINY, ["train.steps=9", "train.lr=2e-4", "objectives.1.weight=2", "train.betas=[0.8, 0.9]"])
+    recipe = compile_recipe(
+        TINY, ["train.steps=9", "train.lr=2e-4", "objectives.1.weight=2", "train.betas=[0.8, 0.9]"], weights=False
+    ).recipe
     assert recipe.train.steps == 9
     assert recipe.train.lr == pytest.approx(2e-4)
     assert recipe.objectives[1]["weight"] == 2
@@ -210,7 +213,7 @@ def test_override_without_equals_sign() -> None:
 
 def test_override_with_misspelled_key_is_rejected() -> None:
     with pytest.raises(RecipeError) as info:
-        load_recipe(TINY, ["train.stpes=3"])
+        compile_recipe(TINY, ["train.stpes=3"], weights=False)
     assert ("train.stpes", "unknown key (not allowed here)") in info.value.errors
 
 

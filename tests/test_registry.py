@@ -10,7 +10,7 @@ import yaml
 
 import mmssl_image
 import mmssl_text
-from mmssl.build import validate_plugin_sections
+from mmssl.compiler import compile_recipe
 from mmssl.objectives import OBJECTIVES
 from mmssl.plugins import (
     ENTRY_POINT_GROUP,
@@ -21,7 +21,7 @@ from mmssl.plugins import (
     load_entry_points,
     load_plugin_file,
 )
-from mmssl.recipe import RecipeError, load_recipe
+from mmssl.recipe import RecipeError
 from mmssl.registry import Registry, RegistryError, normalize_name
 
 TINY = Path(__file__).resolve().parent / "recipes" / "tiny_image_text.yaml"
@@ -173,7 +173,7 @@ def test_recipe_names_a_plugin_file(plugin_dir: Path) -> None:
     recipe_file = plugin_dir / "uses_plugin.yaml"
     recipe_file.write_text(yaml.safe_dump(tree, sort_keys=False))
 
-    plan = validate_plugin_sections(load_recipe(recipe_file))
+    plan = compile_recipe(recipe_file)
     assert plan.plugins["picture"].name == "image_copy"
     assert plan.plugins["picture"].build_encoder is mmssl_image.plugin.build_encoder
     assert plan.modality_options["picture"].patch_size == 7
@@ -206,7 +206,7 @@ def test_recipe_with_missing_plugin_file(tmp_path: Path) -> None:
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text(yaml.safe_dump(tree))
     with pytest.raises(RecipeError) as info:
-        load_recipe(recipe_file)
+        compile_recipe(recipe_file)
     [(path, message)] = info.value.errors
     assert path == "plugins[0]"
     assert "plugin file plugins/missing.py not found" in message

@@ -11,10 +11,11 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from mmssl.build import build_encoder, prepare_released, validate_plugin_sections
+from mmssl.build import build_encoder
+from mmssl.compiler import compile_recipe
+from mmssl.encoders.base import ReleasedError, load_released
 from mmssl.modality import ModalityBatch
-from mmssl.recipe import EncoderSpec, RecipeError, parse_recipe
-from mmssl.released import ReleasedError, load_released
+from mmssl.recipe import EncoderSpec, RecipeError
 from mmssl.train.trainer import train
 
 transformers = pytest.importorskip("transformers")
@@ -131,12 +132,11 @@ def image_recipe(vit_dir: Path, tmp_path: Path, encoder: dict) -> dict:
 
 
 def plan_of(tree: dict, base: Path):
-    return validate_plugin_sections(parse_recipe(tree, base_dir=base))
+    return compile_recipe(tree, base_dir=base)
 
 
 def test_vit_preprocessing_reaches_image_options(vit_dir: Path, tmp_path: Path) -> None:
     plan = plan_of(image_recipe(vit_dir, tmp_path, {}), tmp_path)
-    prepare_released(plan)
     options = plan.modality_options["image"]
     assert (options.image_size, options.patch_size, options.channels) == (32, 8, 3)
     assert options.mean == pytest.approx(MEAN) and options.std == pytest.approx(STD)
@@ -145,7 +145,6 @@ def test_vit_preprocessing_reaches_image_options(vit_dir: Path, tmp_path: Path) 
 def test_vit_lora_trains_only_adapters_and_last_block(vit_dir: Path, tmp_path: Path) -> None:
     lora = {"r": 4, "target_modules": ["q_proj", "v_proj"], "unfreeze_last_blocks": 1}
     plan = plan_of(image_recipe(vit_dir, tmp_path, {"train": "lora", "lora": lora}), tmp_path)
-    prepare_released(plan)
     encoder = build_encoder(plan, "image", None)
     trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
     assert {n for n in trainable if "lora_" in n} and all("lora_" in n or ".layers.1." in n for n in trainable)
@@ -176,7 +175,6 @@ def test_vit_lora_trains_only_adapters_and_last_block(vit_dir: Path, tmp_path: P
 def test_unknown_target_module_lists_names(vit_dir: Path, tmp_path: Path) -> None:
     lora = {"r": 4, "target_modules": ["nope"]}
     plan = plan_of(image_recipe(vit_dir, tmp_path, {"train": "lora", "lora": lora}), tmp_path)
-    prepare_released(plan)
     with pytest.raises(ReleasedError, match="q_proj"):
         build_encoder(plan, "image", None)
 

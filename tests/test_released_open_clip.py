@@ -10,9 +10,9 @@ import torch
 
 open_clip = pytest.importorskip("open_clip")
 
+from mmssl.encoders.base import ReleasedError, load_released  # noqa: E402
 from mmssl.modality import ModalityBatch  # noqa: E402
 from mmssl.recipe import EncoderSpec  # noqa: E402
-from mmssl.released import ReleasedError, load_released  # noqa: E402
 
 NAME = "mmssl-test-tiny-clip"
 TINY = {

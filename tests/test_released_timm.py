@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmssl.build import build_encoder, prepare_released, validate_plugin_sections
+from mmssl.build import build_encoder
+from mmssl.compiler import compile_recipe
+from mmssl.encoders.base import ReleasedError, load_released
 from mmssl.modality import ModalityBatch
-from mmssl.recipe import EncoderSpec, RecipeError, parse_recipe
-from mmssl.released import ReleasedError, load_released
+from mmssl.recipe import EncoderSpec, RecipeError
 from mmssl.train.trainer import train
 
 timm = pytest.importorskip("timm")
@@ -97,13 +98,12 @@ def recipe(file: Path, encoder: dict) -> dict:
 
 
 def plan_of(tree: dict, base: Path):
-    return validate_plugin_sections(parse_recipe(tree, base_dir=base))
+    return compile_recipe(tree, base_dir=base)
 
 
 def test_preprocessing_reaches_options_and_full_training(checkpoints, tmp_path: Path) -> None:
     _, file, _ = checkpoints
     plan = plan_of(recipe(file, {}), tmp_path)
-    prepare_released(plan)
     options = plan.modality_options["image"]
     assert (options.image_size, options.patch_size, options.channels, options.mean) == (32, 8, 3, [0.5] * 3)
     result = train(plan, tmp_path / "run")
@@ -114,7 +114,6 @@ def test_lora_trains_adapters_and_last_block(checkpoints, tmp_path: Path) -> Non
     _, file, _ = checkpoints
     lora = {"r": 4, "target_modules": ["qkv"], "unfreeze_last_blocks": 1}
     plan = plan_of(recipe(file, {"train": "lora", "lora": lora}), tmp_path)
-    prepare_released(plan)
     encoder = build_encoder(plan, "image", None)
     trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
     assert sum("lora_" in n for n in trainable) == 2 * 2  # 2 blocks x (A, B)
@@ -141,7 +140,6 @@ def test_lora_trains_adapters_and_last_block(checkpoints, tmp_path: Path) -> Non
 def test_unknown_target_module_lists_names(checkpoints, tmp_path: Path) -> None:
     _, file, _ = checkpoints
     plan = plan_of(recipe(file, {"train": "lora", "lora": {"target_modules": ["query"]}}), tmp_path)
-    prepare_released(plan)
     with pytest.raises(ReleasedError, match="qkv"):
         build_encoder(plan, "image", None)
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from released_text_models import make_tiny_bert
 
-from mmssl.build import build_model, build_processors, load_source, prepare_released, validate_plugin_sections
+from mmssl.build import build_model, build_processors, load_source
+from mmssl.compiler import compile_recipe
+from mmssl.encoders.base import ReleasedError, resolve_path
 from mmssl.recipe import RecipeError, parse_recipe
-from mmssl.released import ReleasedError, resolve_path
 from mmssl.train.optim import build_optimizer, layer_scales
 
 TEXTS = ["a photo of a trouser.", "an image of an ankle boot on a plain background.", "bag"]
@@ -34,7 +35,7 @@ def recipe(folder: Path, train: str = "full", **encoder: object) -> dict:
 
 
 def build(tmp_path: Path, tree: dict):
-    plan = validate_plugin_sections(parse_recipe(tree, base_dir=tmp_path))
+    plan = compile_recipe(tree, base_dir=tmp_path)
     processors = build_processors(plan, load_source(plan, "train"))
     return plan, processors, build_model(plan, processors)
 
@@ -91,7 +92,7 @@ def test_frozen_and_lora_runs_leave_frozen_weights_untouched(tmp_path: Path, ber
 
     released = {k: v.clone() for k, v in build(tmp_path, recipe(bert))[2].encoders["text"].state_dict().items()}
     for mode in ("frozen", "lora"):
-        plan = validate_plugin_sections(parse_recipe(recipe(bert, train=mode), base_dir=tmp_path))
+        plan = compile_recipe(recipe(bert, train=mode), base_dir=tmp_path)
         assert train(plan, tmp_path / mode).finished
         after = load_run(tmp_path / mode).model.encoders["text"].state_dict()
         for key, value in after.items():
@@ -124,13 +125,13 @@ def test_bad_encoder_sections_name_the_key(tmp_path: Path, bert: Path) -> None:
     with pytest.raises(RecipeError, match=r"modalities\.text\.encoder.*lora"):
         parse_recipe(recipe(bert, train="lora", lora=None), base_dir=tmp_path)
     with pytest.raises(RecipeError, match=r"modalities\.text\.encoder\.path: .*no-such-model does not exist"):
-        validate_plugin_sections(parse_recipe(recipe(tmp_path / "no-such-model"), base_dir=tmp_path))
+        compile_recipe(recipe(tmp_path / "no-such-model"), base_dir=tmp_path)
     # A hub id is not checked at validation (it may be in the cache); loading it offline fails with its name.
-    plan = validate_plugin_sections(parse_recipe(recipe("no-org/no-such-model"), base_dir=tmp_path))
+    compile_recipe(recipe("no-org/no-such-model"), base_dir=tmp_path, weights=False)
     with pytest.raises(RecipeError, match=r"modalities\.text\.encoder: .*no-org/no-such-model"):
-        prepare_released(plan)
+        compile_recipe(recipe("no-org/no-such-model"), base_dir=tmp_path)
     bad_lora = recipe(bert, train="lora", lora={"r": 2, "target_modules": ["qkv_nope"]})
-    plan = validate_plugin_sections(parse_recipe(bad_lora, base_dir=tmp_path))
+    plan = compile_recipe(bad_lora, base_dir=tmp_path)
     with pytest.raises(ReleasedError, match=r"target_modules.*query"):
         build_model(plan, build_processors(plan, load_source(plan, "train")))
 
@@ -152,6 +153,5 @@ def test_a_pickled_only_model_folder_is_refused(tmp_path: Path, bert: Path) -> N
     pickled.mkdir()
     shutil.copy2(bert / "config.json", pickled / "config.json")
     torch.save(AutoModel.from_pretrained(bert).state_dict(), pickled / "pytorch_model.bin")
-    plan = validate_plugin_sections(parse_recipe(recipe(pickled), base_dir=tmp_path))
     with pytest.raises(RecipeError, match=r"modalities\.text\.encoder: .*safetensors"):
-        prepare_released(plan)
+        compile_recipe(recipe(pickled), base_dir=tmp_path)

@@ -18,10 +18,9 @@ import yaml
 from typer.testing import CliRunner
 
 import mmssl.train.trainer as trainer_module
-from mmssl.build import validate_plugin_sections
 from mmssl.cli import app
+from mmssl.compiler import compile_recipe
 from mmssl.plugins import MODALITIES
-from mmssl.recipe import load_recipe
 from mmssl.registry import normalize_name
 from mmssl.train.trainer import RunExistsError, train
 
@@ -29,7 +28,7 @@ TINY = Path(__file__).resolve().parent / "recipes" / "tiny_image_text.yaml"
 
 
 def tiny_plan(*overrides: str):
-    return validate_plugin_sections(load_recipe(TINY, list(overrides)))
+    return compile_recipe(TINY, list(overrides))
 
 
 @pytest.fixture(scope="module")

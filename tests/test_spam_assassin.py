@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mmssl.data.npm import find_npm_package
-from mmssl.data.spam_assassin import PACKAGE, SpamAssassinOptions, load_spam_assassin, message_text
+from mmssl.datasets.npm import find_npm_package
+from mmssl.datasets.spam_assassin import PACKAGE, SpamAssassinOptions, load_spam_assassin, message_text
 
 RAW_HTML = (
     "From someone@example.com Thu Aug 22 13:17:22 2002\n"

@@ -24,10 +24,10 @@ from mmssl.build import (
     load_processors,
     load_source,
     probe_batches,
-    validate_plugin_sections,
 )
+from mmssl.compiler import compile_recipe
 from mmssl.data.sampler import ResumableBatchSampler
-from mmssl.recipe import load_recipe, load_yaml, parse_recipe
+from mmssl.recipe import load_yaml
 from mmssl.train import checkpoint as ckpt
 from mmssl.train.integrity import CorruptCheckpointError
 from mmssl.train.optim import build_optimizer
@@ -40,7 +40,7 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def plan() -> Plan:
-    plan = validate_plugin_sections(load_recipe(TINY))
+    plan = compile_recipe(TINY)
     assert plan.recipe.train.steps == STEPS and plan.recipe.train.checkpoint_every == 2
     assert plan.recipe.modalities["text"].options["dropout"] > 0  # RNG state must matter
     return plan
@@ -312,7 +312,7 @@ def test_grad_accum_matches_a_bigger_batch(tmp_path: Path) -> None:
     for batch_size, grad_accum in ((16, 2), (32, 1)):
         variant = json.loads(json.dumps(tree))
         variant["train"].update(batch_size=batch_size, grad_accum=grad_accum)
-        plan = validate_plugin_sections(parse_recipe(variant, "variant", TINY.parent))
+        plan = compile_recipe(variant, source="variant", base_dir=TINY.parent)
         out = tmp_path / f"b{batch_size}x{grad_accum}"
         train(plan, out)
         runs[grad_accum] = (load_file(str(out / "model.safetensors")), metrics(out)[1])

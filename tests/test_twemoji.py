@@ -8,10 +8,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-import mmssl.build  # noqa: F401  (registers every source)
-from mmssl.data.npm import find_npm_package
 from mmssl.data.sources import SOURCES, Source
-from mmssl.data.twemoji import CATEGORIES, PACKAGE
+from mmssl.datasets.npm import find_npm_package
+from mmssl.datasets.twemoji import CATEGORIES, PACKAGE
 from mmssl_image.decode import decode_image
 
 REPO = Path(__file__).resolve().parent.parent

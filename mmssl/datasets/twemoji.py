@@ -1,6 +1,6 @@
 """Twemoji: the Twitter emoji images of the npm package ``emoji-datasource-twitter``, with their Unicode names.
 
-The package (installed by ``scripts/install-data.sh``, found with ``mmssl.data.npm.find_npm_package``) holds
+The package (installed by ``scripts/install-data.sh``, found with ``mmssl.datasets.npm.find_npm_package``) holds
 ``emoji.json`` (one entry per emoji: ``name``, ``unified`` code, ``short_names``, ``category``, ``subcategory``,
 ``image`` file name, ``has_img_twitter``) and 64x64 RGBA PNGs in ``img/twitter/64/``. Every emoji with a
 Twitter image is one row: its PNG path, a caption from its human-written name, and its category (10 classes)
@@ -25,9 +25,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from mmssl.data.digits import hash_share
-from mmssl.data.npm import find_npm_package
 from mmssl.data.sources import Source, SourceOptions, register_source
+from mmssl.datasets.digits import hash_share
+from mmssl.datasets.npm import find_npm_package
 
 PACKAGE = "emoji-datasource-twitter"
 IMAGE_FOLDER = Path("img") / "twitter" / "64"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mmssl.released.base import ReleasedError
+from mmssl.encoders.base import ReleasedError
 
 
 def layer_stack(encoder: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:

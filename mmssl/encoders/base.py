@@ -10,11 +10,29 @@ from typing import Any, Literal
 
 from torch import nn
 
+from mmssl.modality import ModalityBatch
+from mmssl.recipe import EncoderSpec
 from mmssl.registry import Registry
 
 
 class ReleasedError(ValueError):
     """A released encoder cannot be loaded or used as asked; the message names the path or key."""
+
+
+def refuse_keep(batch: ModalityBatch, what: str) -> None:
+    if batch.keep is not None:
+        raise ReleasedError(
+            f"{what} sees every token and cannot drop hidden ones (MAE-style `keep`); use an objective that "
+            "replaces masked tokens (mlm), or the plugin's own encoder"
+        )
+
+
+def find_blocks(model: nn.Module, count: int) -> list[nn.Module]:
+    """The first ``nn.ModuleList`` of ``count`` modules: the transformer blocks of most Hugging Face models."""
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return list(module)
+    return []
 
 
 @dataclass
@@ -68,8 +86,48 @@ class Released:
     export: dict[str, Any] = field(default_factory=dict)
 
 
-#: library name -> ``(spec, base_dir) -> Released``.
-ADAPTERS: Registry[Callable[[Any, Path], Released]] = Registry("encoder library")
+@dataclass(frozen=True)
+class EncoderLibrary:
+    """A library whose released encoders mmssl can train (``modalities.<m>.encoder.library``).
+
+    Attributes:
+        name: Registry name (``transformers``, ``open_clip``, ``timm``, ...).
+        options: The library's options model (``mmssl.recipe.EncoderSpec`` plus its own fields, extra keys refused).
+        load: ``(options, base_dir) -> Released``: builds the encoder the options name.
+        drops_tokens: Its encoders accept ``ModalityBatch.keep`` (visible-only masking, MAE-style).
+        exposes_layers: Its encoders offer ``layer_stack()`` (layer-wise lr decay, unfreezing the last blocks).
+        hub_ids: ``path`` may be a hub id rather than a local file.
+    """
+
+    name: str
+    options: type[EncoderSpec]
+    load: Callable[[Any, Path], Released]
+    drops_tokens: bool = False
+    exposes_layers: bool = True
+    hub_ids: bool = False
+
+
+ENCODER_LIBRARIES: Registry[EncoderLibrary] = Registry(
+    "encoder library", group="mmssl.encoder_libraries", builtins=("mmssl.encoders",)
+)
+
+
+def register_encoder_library(
+    name: str,
+    options: type[EncoderSpec],
+    *,
+    drops_tokens: bool = False,
+    exposes_layers: bool = True,
+    hub_ids: bool = False,
+) -> Callable[[Callable[[Any, Path], Released]], Callable[[Any, Path], Released]]:
+    """``@register_encoder_library("name", OptionsModel, ...)`` on an ``(options, base_dir) -> Released`` loader."""
+
+    def wrap(load: Callable[[Any, Path], Released]) -> Callable[[Any, Path], Released]:
+        library = EncoderLibrary(name, options, load, drops_tokens, exposes_layers, hub_ids)
+        ENCODER_LIBRARIES.register(name, library)
+        return load
+
+    return wrap
 
 
 def is_local_path(path: str) -> bool:
@@ -100,8 +158,8 @@ def resolve_path(path: str, base_dir: Path) -> str:
     return str(candidate) if candidate.exists() or is_local_path(path) else path
 
 
-def load_released(spec: Any, base_dir: Path) -> Released:
-    """Load the encoder a recipe's ``EncoderSpec`` names (adapters register on import of their module)."""
-    from mmssl.released import adapters  # noqa: F401  (registers the built-in adapters)
-
-    return ADAPTERS.get(spec.library)(spec, base_dir)
+def load_released(spec: EncoderSpec, base_dir: Path) -> Released:
+    """Load the encoder a recipe's ``EncoderSpec`` names (validated against its library's options model first)."""
+    library = ENCODER_LIBRARIES.get(spec.library)
+    options = spec if isinstance(spec, library.options) else library.options.model_validate(spec.model_dump())
+    return library.load(options, base_dir)

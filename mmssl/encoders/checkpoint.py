@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmssl.released.base import ReleasedError
+from mmssl.encoders.base import ReleasedError
 
 #: Keys under which training scripts commonly wrap a state dict.
 WRAPPERS = ("state_dict", "model", "model_state", "module", "model_ema", "state_dict_ema")

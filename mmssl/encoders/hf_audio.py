@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmssl.encoders.base import Preprocessing, Released, ReleasedError, find_blocks, refuse_keep
 from mmssl.encoders.transformer import masked_mean
 from mmssl.modality import EncoderOutput, ModalityBatch
-from mmssl.released.base import Preprocessing, Released, ReleasedError
-from mmssl.released.transformers_adapter import find_blocks, refuse_keep
 
 
 def feature_extractor_settings(path: str) -> dict[str, Any]:

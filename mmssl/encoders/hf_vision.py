@@ -14,9 +14,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from mmssl.encoders.base import Preprocessing, Released, ReleasedError, find_blocks, refuse_keep
 from mmssl.modality import EncoderOutput, ModalityBatch
-from mmssl.released.base import Preprocessing, Released, ReleasedError
-from mmssl.released.transformers_adapter import find_blocks, refuse_keep
 
 #: Used when the folder has no image processor: the normalisation of Google's ViT checkpoints.
 FALLBACK_MEAN = [0.5, 0.5, 0.5]

@@ -18,15 +18,23 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
+from mmssl.encoders.base import (
+    Preprocessing,
+    Released,
+    ReleasedError,
+    refuse_keep,
+    register_encoder_library,
+    resolve_path,
+)
+from mmssl.encoders.checkpoint import read_state_dict
 from mmssl.modality import EncoderOutput, ModalityBatch
-from mmssl.released.base import ADAPTERS, Preprocessing, Released, ReleasedError, resolve_path
-from mmssl.released.checkpoint import read_state_dict
-from mmssl.released.transformers_adapter import refuse_keep
+from mmssl.recipe import EncoderSpec
 
 #: ``create_model`` arguments that change the model config (the rest of its named arguments do not).
 _CONFIG_OVERRIDES = {
@@ -371,7 +379,23 @@ def _text_parts(model: nn.Module, name: str) -> tuple[nn.Module, str, dict[str, 
     return parts, prefix, pooling
 
 
-@ADAPTERS.register("open_clip")
+class OpenClipOptions(EncoderSpec):
+    """``library: open_clip``: a CLIP model in open_clip's format, one of whose towers encodes the modality."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="open_clip architecture name (e.g. ViT-B-32).")
+    tower: Literal["image", "text"] = Field(description="Which tower encodes this modality.")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag (needs internet), instead of `path`.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments of create_model.")
+
+    @model_validator(mode="after")
+    def _weights(self) -> OpenClipOptions:
+        if self.path is None and self.pretrained is None:
+            raise ValueError("give `path` (a checkpoint file) or `pretrained` (an open_clip tag)")
+        return self
+
+
+@register_encoder_library("open_clip", OpenClipOptions)
 def load_open_clip(spec: Any, base_dir: Path) -> Released:
     """Load the open_clip model of ``spec`` and wrap its ``spec.tower`` tower."""
     if spec.pooling != "default":

@@ -10,12 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 
+from mmssl.encoders.base import (
+    Preprocessing,
+    Released,
+    ReleasedError,
+    refuse_keep,
+    register_encoder_library,
+    resolve_path,
+)
+from mmssl.encoders.checkpoint import read_state_dict
 from mmssl.modality import EncoderOutput, ModalityBatch
-from mmssl.released.base import ADAPTERS, Preprocessing, Released, ReleasedError, resolve_path
-from mmssl.released.checkpoint import read_state_dict
-from mmssl.released.transformers_adapter import refuse_keep
+from mmssl.recipe import EncoderSpec
 
 
 class _Parameters(nn.Module):
@@ -87,7 +95,16 @@ class TimmEncoder(nn.Module):
         return stem, list(blocks)
 
 
-@ADAPTERS.register("timm")
+class TimmOptions(EncoderSpec):
+    """``library: timm``: a timm architecture built without weights, then loaded from ``path``."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="A checkpoint file (.safetensors, or a torch file read with weights_only=True).")
+    model: str = Field(description="timm architecture name (e.g. vit_small_patch16_224).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments of create_model.")
+
+
+@register_encoder_library("timm", TimmOptions)
 def load_timm(spec: Any, base_dir: Path) -> Released:
     """Build ``spec.model`` with timm (``pretrained=False``) and load the weights of ``spec.path``."""
     import timm

@@ -11,27 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 
+from mmssl.encoders.base import (
+    Preprocessing,
+    Released,
+    ReleasedError,
+    find_blocks,
+    refuse_keep,
+    register_encoder_library,
+    resolve_path,
+)
 from mmssl.encoders.transformer import masked_mean
 from mmssl.modality import EncoderOutput, ModalityBatch
-from mmssl.released.base import ADAPTERS, Preprocessing, Released, ReleasedError, resolve_path
-
-
-def refuse_keep(batch: ModalityBatch, what: str) -> None:
-    if batch.keep is not None:
-        raise ReleasedError(
-            f"{what} sees every token and cannot drop hidden ones (MAE-style `keep`); use an objective that "
-            "replaces masked tokens (mlm), or the plugin's own encoder"
-        )
-
-
-def find_blocks(model: nn.Module, count: int) -> list[nn.Module]:
-    """The first ``nn.ModuleList`` of ``count`` modules: the transformer blocks of most Hugging Face models."""
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == count:
-            return list(module)
-    return []
+from mmssl.recipe import EncoderSpec
 
 
 class HFTextEncoder(nn.Module):
@@ -106,7 +100,14 @@ def load_auto_model(path: str) -> nn.Module:
         raise ReleasedError(f"encoder.path {path!r}: transformers could not load a safetensors model: {err}") from err
 
 
-@ADAPTERS.register("transformers")
+class TransformersOptions(EncoderSpec):
+    """``library: transformers``: any ``AutoModel`` folder or hub id, read from safetensors only."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="A model folder or hub id (`package:NAME[/sub]` for a folder in a package).")
+
+
+@register_encoder_library("transformers", TransformersOptions, hub_ids=True)
 def load_transformers(spec: Any, base_dir: Path) -> Released:
     """Load ``spec.path`` with ``AutoModel`` and wrap it for its modality."""
     path = resolve_path(spec.path, base_dir)
@@ -122,9 +123,9 @@ def load_transformers(spec: Any, base_dir: Path) -> Released:
         )
         return Released(HFTextEncoder(model, pooling), preprocessing, "transformers", {**export, "pooling": pooling})
     if kind == "vision":
-        from mmssl.released.hf_vision import vision_encoder
+        from mmssl.encoders.hf_vision import vision_encoder
 
         return vision_encoder(model, path, spec, export)
-    from mmssl.released.hf_audio import audio_encoder
+    from mmssl.encoders.hf_audio import audio_encoder
 
     return audio_encoder(model, path, spec, export)

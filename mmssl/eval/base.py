@@ -49,7 +49,10 @@ class EvaluatorType:
     needs: Callable[[Any], list[tuple[str, Need]]] = _no_needs
 
 
-EVALUATORS: Registry[EvaluatorType] = Registry("evaluation")
+EvaluatorRun = Callable[[Any, "EvalContext"], dict[str, float]]
+"""``(options, context) -> metric name -> number``."""
+
+EVALUATORS: Registry[EvaluatorType] = Registry("evaluation", group="mmssl.evaluations", builtins=("mmssl.eval",))
 
 
 def register_evaluator(
@@ -58,8 +61,8 @@ def register_evaluator(
     splits: Callable[[Any], list[str]],
     modalities: Callable[[Any], list[str]],
     needs: Callable[[Any], list[tuple[str, Need]]] = _no_needs,
-) -> Callable:
-    def wrap(run: Callable[[Any, EvalContext], dict[str, float]]) -> Callable:
+) -> Callable[[EvaluatorRun], EvaluatorRun]:
+    def wrap(run: EvaluatorRun) -> EvaluatorRun:
         EVALUATORS.register(name, EvaluatorType(name, options, run, splits, modalities, needs))
         return run
 

@@ -24,9 +24,10 @@ def _encoder_lines(recipe: Any) -> list[str]:
             lines.append(f"- `{modality}`: mmssl's own `{spec.plugin or modality}` encoder, trained from scratch")
             continue
         enc = spec.encoder
-        start = enc.path or enc.pretrained
+        start = enc.path or getattr(enc, "pretrained", None)  # fields beyond EncoderSpec's belong to the library
         how = {"full": "all weights trained", "frozen": "frozen (LiT-style)", "lora": "LoRA adapters, merged"}
-        model = f" `{enc.model}`" if enc.model else ""
+        name = getattr(enc, "model", None)
+        model = f" `{name}`" if name else ""
         lines.append(f"- `{modality}`: started from {enc.library}{model} `{start}`; {how[enc.train]}")
     return lines
 

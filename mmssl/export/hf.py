@@ -16,9 +16,10 @@ from typing import Any
 
 from safetensors.torch import save_file
 
+from mmssl.encoders.adapt import merge_lora
 from mmssl.export.card import model_card
 from mmssl.export.files import MARKER, write_folder
-from mmssl.released.adapt import merge_lora
+from mmssl.export.formats import register_export_format
 
 #: Files copied from the released folder (or the text processor's tokenizer folder) when present.
 PREPROCESSING_FILES = (
@@ -86,6 +87,7 @@ mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
 embedding = {pool}"""
 
 
+@register_export_format("hf", per_modality=True)
 def export_hf(run_dir: Path, output: Path, modality: str | None = None, trust_plugins: bool = False) -> Path:
     """Write the run's transformers encoder of ``modality`` (LoRA merged) as a Hugging Face model folder.
 

@@ -17,9 +17,10 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mmssl.encoders.adapt import merge_lora
 from mmssl.export.card import model_card
 from mmssl.export.files import MARKER, write_folder
-from mmssl.released.adapt import merge_lora
+from mmssl.export.formats import register_export_format
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
@@ -140,6 +141,7 @@ def _snippet(name: str, builtin: bool, output: Path) -> str:
     return "\n".join(lines)
 
 
+@register_export_format("open_clip")
 def export_open_clip(run_dir: Path, output: Path, trust_plugins: bool = False) -> Path:
     """Write the run's two open_clip towers back as one open_clip model in ``output``; returns ``output``.
 
@@ -148,15 +150,14 @@ def export_open_clip(run_dir: Path, output: Path, trust_plugins: bool = False) -
     """
     import open_clip
 
-    from mmssl.recipe import load_yaml, parse_recipe
-    from mmssl.released.open_clip_adapter import create_clip, final_model_config
-    from mmssl.run import load_run
+    from mmssl.encoders.open_clip_adapter import create_clip, final_model_config
+    from mmssl.run import compile_run_recipe, load_run
 
     run_dir, output = Path(run_dir), Path(output)
     recipe_file = run_dir / "recipe.yaml"
     if not recipe_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not an mmssl run folder (no recipe.yaml)")
-    find_towers(parse_recipe(load_yaml(recipe_file), str(recipe_file)))  # fail before loading any weights
+    find_towers(compile_run_recipe(run_dir, trust_plugins, weights=False).recipe)  # fail before loading any weights
     run = load_run(run_dir, trust_plugins=trust_plugins)
     recipe = run.plan.recipe
     image, text = find_towers(recipe)

@@ -15,12 +15,14 @@ from typing import Any
 
 from safetensors.torch import save_file
 
+from mmssl.encoders.adapt import merge_lora
 from mmssl.export.card import model_card
 from mmssl.export.files import MARKER, write_folder
+from mmssl.export.formats import register_export_format
 from mmssl.recipe import dump_recipe
-from mmssl.released.adapt import merge_lora
 
 
+@register_export_format("safetensors")
 def export_safetensors(run_dir: Path, output: Path, trust_plugins: bool = False) -> Path:
     """Write the run's model (LoRA merged) as ``model.safetensors`` plus its preprocessing and card."""
     from mmssl.run import load_run

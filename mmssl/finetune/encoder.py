@@ -30,20 +30,25 @@ def encoder_kind(path: Path) -> tuple[str, Path]:
     )
 
 
-def recipe_column(path: Path, modality: str) -> str:
-    """The data column of ``modality`` in the recipe of a run folder or recipe file.
+def recipe_column(path: Path, modality: str, trust_plugins: bool = False) -> str:
+    """The data column of ``modality`` in the recipe of a run folder or recipe file (compiled without weights;
+    a run folder's plugin files only with ``trust_plugins``).
 
     Raises:
         FinetuneError: The path is neither, or the recipe has no such modality.
     """
-    from mmssl.recipe import load_yaml
+    from mmssl.compiler import compile_recipe
+    from mmssl.run import compile_run_recipe
 
-    _, recipe_file = encoder_kind(path)
-    modalities = load_yaml(recipe_file).get("modalities") or {}
-    if modality not in modalities:
-        raise FinetuneError(f"modality {modality!r} is not in the recipe {recipe_file} (has {sorted(modalities)})")
-    spec = modalities[modality]
-    return str((spec.get("column") if isinstance(spec, dict) else None) or modality)
+    kind, recipe_file = encoder_kind(path)
+    if kind == "run":
+        recipe = compile_run_recipe(Path(path), trust_plugins, weights=False).recipe
+    else:
+        recipe = compile_recipe(recipe_file, weights=False, check_evaluation_data=False).recipe
+    if modality not in recipe.modalities:
+        has = sorted(recipe.modalities)
+        raise FinetuneError(f"modality {modality!r} is not in the recipe {recipe_file} (has {has})")
+    return recipe.column_of(modality)
 
 
 def load_encoder(
@@ -55,8 +60,8 @@ def load_encoder(
     (``modalities.<m>.encoder``) or a random init (drawn from ``seed``) of the plugin's own, with a processor
     fitted on ``fit_values`` (the training manifest's column).
     """
-    from mmssl.build import Plan, build_encoder, prepare_released, validate_plugin_sections
-    from mmssl.recipe import load_yaml, parse_recipe
+    from mmssl.build import build_encoder
+    from mmssl.compiler import compile_recipe
 
     kind, recipe_file = encoder_kind(path)
     if kind == "run":
@@ -65,20 +70,12 @@ def load_encoder(
         run = load_run(path, trust_plugins=trust_plugins)
         released = run.plan.recipe.modalities[modality].encoder is not None
         return run.model.encoders[modality], run.processors[modality], kind, released
-    tree = load_yaml(recipe_file)
-    plan = validate_plugin_sections(parse_recipe(tree, str(recipe_file), recipe_file.resolve().parent), str(path))
-    recipe = plan.recipe
-    sub = Plan(
-        recipe.model_copy(update={"modalities": {modality: recipe.modalities[modality]}}),
-        plugins={modality: plan.plugins[modality]},
-        modality_options={modality: plan.modality_options[modality]},
-    )
-    prepare_released(sub)
-    plugin = sub.plugins[modality]
-    processor = plugin.build_processor(sub.modality_options[modality], iter(fit_values))
+    plan = compile_recipe(recipe_file, weights=[modality], check_evaluation_data=False)
+    plugin = plan.plugins[modality]
+    processor = plugin.build_processor(plan.modality_options[modality], iter(fit_values))
     torch.manual_seed(seed)
-    encoder = build_encoder(sub, modality, processor)
-    return encoder, processor, kind, recipe.modalities[modality].encoder is not None
+    encoder = build_encoder(plan, modality, processor)
+    return encoder, processor, kind, plan.encoder_spec(modality) is not None
 
 
 def pooled(encoder: nn.Module, processor: Processor, samples: list[Any], device: str) -> Tensor:

@@ -41,7 +41,8 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] | None = print) -> 
         FinetuneError: Bad encoder path, modality, manifest column or labels; the message names the file.
     """
     cfg = cfg.resolved()
-    column = recipe_column(cfg.encoder, cfg.modality)  # checks the encoder path and the modality first
+    # Checks the encoder path and the modality first.
+    column = recipe_column(cfg.encoder, cfg.modality, cfg.trust_plugins)
     column = cfg.column or column
     train, test = (read_labelled(p, column, cfg.label, cfg.column_kind, cfg.modality) for p in (cfg.train, cfg.test))
     targets = encode_labels(train, test, cfg.label, cfg.task, run_class_names(cfg.encoder))

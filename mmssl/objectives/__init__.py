@@ -8,6 +8,6 @@ from mmssl.objectives import (  # noqa: F401  (registers objectives)
     masked,
     redundancy,
 )
-from mmssl.objectives.base import OBJECTIVES, ObjectiveOptions, StepContext, register_objective
+from mmssl.objectives.base import OBJECTIVES, ObjectiveOptions, register_objective
 
-__all__ = ["OBJECTIVES", "ObjectiveOptions", "StepContext", "register_objective"]
+__all__ = ["OBJECTIVES", "ObjectiveOptions", "register_objective"]

@@ -16,9 +16,10 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from mmssl.data.dataset import CLEAN
-from mmssl.objectives.base import BuildInfo, ObjectiveOptions, StepContext, register_objective
+from mmssl.batch import CLEAN
+from mmssl.objectives.base import BuildInfo, ObjectiveOptions, register_objective
 from mmssl.objectives.functional import clip_loss, siglip_loss
+from mmssl.train.step import StepContext
 
 
 class PairOptions(ObjectiveOptions):
@@ -43,13 +44,14 @@ class PairOptions(ObjectiveOptions):
         return list(self.modalities)
 
 
-def paired_embeddings(ctx: StepContext, options: PairOptions) -> tuple[Tensor, Tensor]:
+def paired_embeddings(ctx: StepContext, inputs: list[tuple[str, str]]) -> tuple[Tensor, Tensor]:
     """Shared-space embeddings of the rows that have both modalities. Shapes: -> ([P, E], [P, E]), P may be 0.
 
-    With P = 0 both are still attached to the parameters of both modalities (see ``StepContext.embed``). Half
-    precision is raised to float32 (the similarity matmul still runs in the autocast dtype).
+    ``inputs`` is ``[(a, view of a), (b, view of b)]``. With P = 0 both are still attached to the parameters of both
+    modalities (see ``StepContext.embed``). Half precision is raised to float32 (the similarity matmul still runs in
+    the autocast dtype).
     """
-    (a, b), (va, vb) = options.modalities, options.views
+    (a, va), (b, vb) = inputs
     ia, ib = ctx.paired_rows(a, b)
     return _at_least_float32(ctx.embed(a, va)[ia]), _at_least_float32(ctx.embed(b, vb)[ib])
 
@@ -65,16 +67,18 @@ class CLIPOptions(PairOptions):
 
 
 class CLIP(nn.Module):
+    """CLIP's symmetric InfoNCE over the paired rows of ``inputs`` (two (modality, view) pairs)."""
+
     partial_rows = True  # runs on every micro-batch, also without pairs (see TrainModule)
 
-    def __init__(self, options: CLIPOptions) -> None:
+    def __init__(self, inputs: list[tuple[str, str]], init_temperature: float, gather: bool) -> None:
         super().__init__()
-        self.options = options
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / options.init_temperature)))
+        self.inputs, self.gather = inputs, gather
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
-        x, y = paired_embeddings(ctx, self.options)
-        terms = clip_loss(x, y, self.logit_scale, gather=self.options.gather)
+        x, y = paired_embeddings(ctx, self.inputs)
+        terms = clip_loss(x, y, self.logit_scale, gather=self.gather)
         terms["pairs"] = torch.tensor(float(x.shape[0]), device=x.device)
         terms["temperature"] = (1.0 / self.logit_scale.detach().exp()).clamp_min(0.01)
         return terms
@@ -86,26 +90,28 @@ class SigLIPOptions(PairOptions):
 
 
 class SigLIP(nn.Module):
+    """SigLIP's pairwise sigmoid loss over the paired rows of ``inputs`` (two (modality, view) pairs)."""
+
     partial_rows = True
 
-    def __init__(self, options: SigLIPOptions) -> None:
+    def __init__(self, inputs: list[tuple[str, str]], init_scale: float, init_bias: float, gather: bool) -> None:
         super().__init__()
-        self.options = options
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(options.init_scale)))
-        self.logit_bias = nn.Parameter(torch.tensor(options.init_bias))
+        self.inputs, self.gather = inputs, gather
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(init_bias))
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
-        x, y = paired_embeddings(ctx, self.options)
-        terms = siglip_loss(x, y, self.logit_scale, self.logit_bias, gather=self.options.gather)
+        x, y = paired_embeddings(ctx, self.inputs)
+        terms = siglip_loss(x, y, self.logit_scale, self.logit_bias, gather=self.gather)
         terms["pairs"] = torch.tensor(float(x.shape[0]), device=x.device)
         return terms
 
 
 @register_objective("clip", CLIPOptions)
 def build_clip(options: CLIPOptions, info: BuildInfo) -> nn.Module:
-    return CLIP(options)
+    return CLIP(options.inputs(), options.init_temperature, options.gather)
 
 
 @register_objective("siglip", SigLIPOptions)
 def build_siglip(options: SigLIPOptions, info: BuildInfo) -> nn.Module:
-    return SigLIP(options)
+    return SigLIP(options.inputs(), options.init_scale, options.init_bias, options.gather)

@@ -1,8 +1,9 @@
-"""How objectives plug into training: a registry of objective types and the per-step context they read.
+"""How objectives plug into training: a registry of objective types, their options and what builders know.
 
 An objective type has a pydantic options model and a builder. Its options say which inputs it reads
 (``inputs``) and which capabilities it needs from each modality (``requirements``), so a recipe can be checked
-before any compute. The built module's ``forward(ctx)`` returns named terms including ``loss``.
+before any compute. The builder turns the options into flat constructor arguments of a module that follows
+:class:`mmssl.train.step.Objective`: its ``forward(ctx)`` returns named terms including ``loss``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
+from torch import nn
 
-from mmssl.data.dataset import CLEAN, Batch
-from mmssl.modality import EncoderOutput, ModalityBatch, Processor
+from mmssl.modality import ModalityBatch, Processor
 from mmssl.registry import Registry
 
 
@@ -63,90 +63,21 @@ class ObjectiveType:
     build: Callable[[Any, BuildInfo], nn.Module]
 
 
-OBJECTIVES: Registry[ObjectiveType] = Registry("objective")
+OBJECTIVES: Registry[ObjectiveType] = Registry("objective", group="mmssl.objectives", builtins=("mmssl.objectives",))
 
 
-def register_objective(name: str, options: type[ObjectiveOptions]) -> Callable[[Callable], Callable]:
-    def wrap(build: Callable[[Any, BuildInfo], nn.Module]) -> Callable[[Any, BuildInfo], nn.Module]:
+ObjectiveBuilder = Callable[[Any, BuildInfo], nn.Module]
+"""``(options, build info) -> objective module`` (an :class:`mmssl.train.step.Objective`)."""
+
+
+def register_objective(name: str, options: type[ObjectiveOptions]) -> Callable[[ObjectiveBuilder], ObjectiveBuilder]:
+    """``@register_objective("name", OptionsModel)`` on a builder."""
+
+    def wrap(build: ObjectiveBuilder) -> ObjectiveBuilder:
         OBJECTIVES.register(name, ObjectiveType(name, options, build))
         return build
 
     return wrap
-
-
-class ModalityAbsent(KeyError):
-    """The micro-batch holds no row of a modality (or view) an objective asked to encode."""
-
-
-class StepContext:
-    """One step's batch and model, with encodings shared between objectives.
-
-    Two objectives that read the same (modality, view) see the same encoder pass, e.g. CLIP and SimCLR both
-    reading the image ``view0``.
-
-    Partially paired data: a micro-batch may hold no row of a modality at all (``has`` is False). No encoder can
-    run on zero rows, so ``encode`` raises :class:`ModalityAbsent` then, while ``embed`` returns a zero-row
-    ``[0, E]`` embedding that is still attached, with weight 0, to every parameter of the modality's encoder and
-    projection (:meth:`participation`). Objectives that accept partial batches (CLIP, SigLIP: class attribute
-    ``partial_rows = True``) read ``embed`` and stay in lock-step with the other processes: they make the same
-    collectives with zero rows. ``TrainModule`` skips every other objective whose inputs are absent, on all
-    processes at once.
-    """
-
-    def __init__(self, model: nn.Module, batch: Batch, processors: dict[str, Processor]) -> None:
-        self.model, self.batch, self.processors = model, batch, processors
-        self._encoded: dict[tuple[str, str], EncoderOutput] = {}
-        self._embedded: dict[tuple[str, str], Tensor] = {}
-
-    def has(self, modality: str, view: str = CLEAN) -> bool:
-        """Whether the micro-batch holds at least one row of ``modality`` (in ``view``)."""
-        return view in self.batch.inputs.get(modality, {})
-
-    def inputs(self, modality: str, view: str = CLEAN) -> ModalityBatch:
-        try:
-            return self.batch.inputs[modality][view]
-        except KeyError:
-            if modality in self.batch.present and modality not in self.batch.inputs:
-                raise ModalityAbsent(f"the micro-batch has no row with modality {modality!r}") from None
-            raise KeyError(f"the batch has no {view!r} view of modality {modality!r}") from None
-
-    def encode(self, modality: str, view: str = CLEAN) -> EncoderOutput:
-        """The encoder's output on the rows that have ``modality``; :class:`ModalityAbsent` when there are none."""
-        key = (modality, view)
-        if key not in self._encoded:
-            self._encoded[key] = self.model.encode(modality, self.inputs(modality, view))
-        return self._encoded[key]
-
-    def embed(self, modality: str, view: str = CLEAN) -> Tensor:
-        """L2-normalised embedding in the shared space. Shapes: -> [B_m, E] (rows that have the modality).
-
-        ``[0, E]`` when no row has the modality; it depends (with weight 0) on the modality's parameters, so a
-        loss built on it gives them a (zero) gradient, as DDP needs every parameter to take part in every step.
-        """
-        key = (modality, view)
-        if key not in self._embedded:
-            if self.has(modality, view) or modality not in self.batch.present:
-                self._embedded[key] = self.model.project(modality, self.encode(modality, view).pooled)
-            else:
-                anchor = self.participation(modality)
-                self._embedded[key] = anchor.new_zeros(0, self.model.embed_dim) + anchor
-        return self._embedded[key]
-
-    def participation(self, *modalities: str) -> Tensor:
-        """``0 * (sum of the parameters of the modalities' encoders and projections)``: a scalar 0 on whose graph
-        every such parameter lies, so the backward pass gives each a zero gradient."""
-        return self.model.participation(*modalities)
-
-    def paired_rows(self, a: str, b: str) -> tuple[Tensor, Tensor]:
-        """Positions, within each modality's own batch, of the rows that have both ``a`` and ``b``.
-
-        Either may be empty (no row has both, or no row has one of them at all).
-
-        Shapes: -> ([P], [P]) long indices into the [B_a] and [B_b] batches.
-        """
-        pa, pb = self.batch.present[a], self.batch.present[b]
-        both = pa & pb
-        return (pa.cumsum(0) - 1)[both], (pb.cumsum(0) - 1)[both]
 
 
 def objective_requirements_error(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmssl.objectives.base import BuildInfo, ObjectiveOptions, StepContext, register_objective
+from mmssl.objectives.base import BuildInfo, ObjectiveOptions, register_objective
 from mmssl.objectives.functional import info_nce
+from mmssl.train.step import StepContext
 
 
 def mlp_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
@@ -32,18 +33,21 @@ class SimCLROptions(ObjectiveOptions):
 
 
 class SimCLR(nn.Module):
-    def __init__(self, options: SimCLROptions, width: int) -> None:
+    """NT-Xent between the projected pooled encodings of two views (``inputs``) of one modality."""
+
+    partial_rows = False
+
+    def __init__(self, inputs: list[tuple[str, str]], projector: nn.Module, temperature: float, gather: bool) -> None:
         super().__init__()
-        self.options = options
-        self.projector = mlp_projector(width, options.hidden_dim, options.proj_dim)
+        self.inputs, self.temperature, self.gather = inputs, temperature, gather
+        self.projector = projector
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
-        o = self.options
-        za = self.projector(ctx.encode(o.modality, o.views[0]).pooled)
-        zb = self.projector(ctx.encode(o.modality, o.views[1]).pooled)
-        return info_nce(za, zb, o.temperature, gather=o.gather)
+        za, zb = (self.projector(ctx.encode(m, v).pooled) for m, v in self.inputs)
+        return info_nce(za, zb, self.temperature, gather=self.gather)
 
 
 @register_objective("simclr", SimCLROptions)
 def build_simclr(options: SimCLROptions, info: BuildInfo) -> nn.Module:
-    return SimCLR(options, info.widths[options.modality])
+    projector = mlp_projector(info.widths[options.modality], options.hidden_dim, options.proj_dim)
+    return SimCLR(options.inputs(), projector, options.temperature, options.gather)

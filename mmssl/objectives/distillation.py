@@ -2,7 +2,7 @@
 
 The student is the modality's encoder (shared with every other objective) plus the objective's own heads; the
 teacher is an :class:`~mmssl.objectives.teacher.EMATeacher` of the encoder and the heads, run without gradient
-and updated after every optimizer step (``after_optimizer_step``).
+and updated after every optimizer step (the teacher's own ``after_optimizer_step``).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from mmssl.objectives.base import BuildInfo, ObjectiveOptions, StepContext, register_objective
+from mmssl.objectives.base import BuildInfo, ObjectiveOptions, register_objective
 from mmssl.objectives.contrastive import mlp_projector
 from mmssl.objectives.noncontrastive import byol_loss, dino_center_update, dino_loss
 from mmssl.objectives.teacher import EMATeacher
+from mmssl.train.step import StepContext
 
 
 class TeacherOptions(ObjectiveOptions):
@@ -53,30 +54,31 @@ class BYOL(nn.Module):
     ``L(view0 -> view1) + L(view1 -> view0)`` with ``L = 2 - 2 cos`` (the paper's sum of both directions).
     """
 
-    def __init__(self, options: BYOLOptions, width: int) -> None:
+    partial_rows = False
+
+    def __init__(
+        self,
+        modality: str,
+        views: tuple[str, str],
+        projector: nn.Module,
+        predictor: nn.Module,
+        teacher_momentum: tuple[float, float],
+    ) -> None:
         super().__init__()
-        self.options = options
-        self.projector = mlp_projector(width, options.hidden_dim, options.proj_dim)
-        self.predictor = (
-            mlp_projector(options.proj_dim, options.pred_hidden_dim, options.proj_dim)
-            if options.predictor
-            else nn.Identity()
-        )
+        self.modality, self.views = modality, views
+        self.inputs = [(modality, v) for v in views]
+        self.projector, self.predictor = projector, predictor
+        base, final = teacher_momentum
         self.teacher = EMATeacher(
-            {"projector": self.projector},
-            lazy=["encoder"],
-            base_momentum=options.momentum,
-            final_momentum=options.final_momentum,
+            {"projector": projector}, encoders={"encoder": modality}, base_momentum=base, final_momentum=final
         )
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
-        o = self.options
-        teacher_encoder = self.teacher.ensure("encoder", ctx.model.encoders[o.modality])
-        online = [self.predictor(self.projector(ctx.encode(o.modality, v).pooled)).float() for v in o.views]
+        m = self.modality
+        teacher_encoder = self.teacher.ensure("encoder", ctx.model.encoders[m])
+        online = [self.predictor(self.projector(ctx.encode(m, v).pooled)).float() for v in self.views]
         with torch.no_grad():
-            target = [
-                self.teacher.projector(teacher_encoder(ctx.inputs(o.modality, v)).pooled).float() for v in o.views
-            ]
+            target = [self.teacher.projector(teacher_encoder(ctx.inputs(m, v)).pooled).float() for v in self.views]
         first, second = byol_loss(online[0], target[1]), byol_loss(online[1], target[0])
         return {
             "loss": first["loss"] + second["loss"],
@@ -84,15 +86,13 @@ class BYOL(nn.Module):
             "momentum": self.teacher.momentum.detach().clone(),
         }
 
-    @torch.no_grad()
-    def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
-        students = {"encoder": model.encoders[self.options.modality], "projector": self.projector}
-        self.teacher.update(students, self.teacher.schedule(step, total_steps))
-
 
 @register_objective("byol", BYOLOptions)
 def build_byol(options: BYOLOptions, info: BuildInfo) -> nn.Module:
-    return BYOL(options, info.widths[options.modality])
+    o = options
+    projector = mlp_projector(info.widths[o.modality], o.hidden_dim, o.proj_dim)
+    predictor = mlp_projector(o.proj_dim, o.pred_hidden_dim, o.proj_dim) if o.predictor else nn.Identity()
+    return BYOL(o.modality, o.views, projector, predictor, (o.momentum, o.final_momentum))
 
 
 # ---------------------------------------------------------------- DINO
@@ -167,43 +167,55 @@ class DINO(nn.Module):
     checkpointed with the weights.
     """
 
-    def __init__(self, options: DINOOptions, width: int) -> None:
+    partial_rows = False
+
+    def __init__(
+        self,
+        modality: str,
+        views: list[str],
+        head: DINOHead,
+        student_temp: float,
+        teacher_temp: tuple[float, float, int],
+        center_momentum: float,
+        teacher_momentum: tuple[float, float],
+    ) -> None:
         super().__init__()
-        o = self.options = options
-        self.head = DINOHead(width, o.out_dim, o.hidden_dim, o.bottleneck_dim, o.head_layers, o.norm_last_layer)
+        self.modality, self.views, self.head = modality, views, head
+        self.inputs = [(modality, v) for v in views]
+        self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps = teacher_temp
+        base, final = teacher_momentum
         self.teacher = EMATeacher(
-            {"head": self.head}, lazy=["encoder"], base_momentum=o.momentum, final_momentum=o.final_momentum
+            {"head": head}, encoders={"encoder": modality}, base_momentum=base, final_momentum=final
         )
-        self.register_buffer("center", torch.zeros(1, o.out_dim))
+        self.register_buffer("center", torch.zeros(1, head.prototypes.shape[0]))
 
     def teacher_temperature(self) -> float:
-        o, step = self.options, int(self.teacher.steps)
-        if step >= o.warmup_teacher_temp_steps:
-            return o.teacher_temp
-        return o.warmup_teacher_temp + (o.teacher_temp - o.warmup_teacher_temp) * step / o.warmup_teacher_temp_steps
+        step, warmup = int(self.teacher.steps), self.warmup_teacher_temp_steps
+        if step >= warmup:
+            return self.teacher_temp
+        return self.warmup_teacher_temp + (self.teacher_temp - self.warmup_teacher_temp) * step / warmup
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
-        o = self.options
-        teacher_encoder = self.teacher.ensure("encoder", ctx.model.encoders[o.modality])
-        student = [self.head(ctx.encode(o.modality, v).pooled).float() for v in o.views]
+        m = self.modality
+        teacher_encoder = self.teacher.ensure("encoder", ctx.model.encoders[m])
+        student = [self.head(ctx.encode(m, v).pooled).float() for v in self.views]
         with torch.no_grad():
-            teacher = [
-                self.teacher.head(teacher_encoder(ctx.inputs(o.modality, v)).pooled).float() for v in o.views[:2]
-            ]
+            teacher = [self.teacher.head(teacher_encoder(ctx.inputs(m, v)).pooled).float() for v in self.views[:2]]
         temp = self.teacher_temperature()
-        terms = dino_loss(student, teacher, self.center, o.student_temp, temp)
+        terms = dino_loss(student, teacher, self.center, self.student_temp, temp)
         if self.training:
-            self.center.copy_(dino_center_update(self.center, teacher, o.center_momentum))
+            self.center.copy_(dino_center_update(self.center, teacher, self.center_momentum))
         terms["teacher_temp"] = torch.tensor(temp)
         terms["momentum"] = self.teacher.momentum.detach().clone()
         return terms
 
-    @torch.no_grad()
-    def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
-        students = {"encoder": model.encoders[self.options.modality], "head": self.head}
-        self.teacher.update(students, self.teacher.schedule(step, total_steps))
-
 
 @register_objective("dino", DINOOptions)
 def build_dino(options: DINOOptions, info: BuildInfo) -> nn.Module:
-    return DINO(options, info.widths[options.modality])
+    o = options
+    head = DINOHead(
+        info.widths[o.modality], o.out_dim, o.hidden_dim, o.bottleneck_dim, o.head_layers, o.norm_last_layer
+    )
+    temps = (o.warmup_teacher_temp, o.teacher_temp, o.warmup_teacher_temp_steps)
+    return DINO(o.modality, o.views, head, o.student_temp, temps, o.center_momentum, (o.momentum, o.final_momentum))

@@ -17,14 +17,15 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmssl.data.dataset import CLEAN
+from mmssl.batch import CLEAN
 from mmssl.modality import MaskedInput, ModalityBatch
-from mmssl.objectives.base import BuildInfo, StepContext, register_objective
+from mmssl.objectives.base import BuildInfo, register_objective
 from mmssl.objectives.distillation import TeacherOptions
 from mmssl.objectives.functional import masked_mse
 from mmssl.objectives.masked import MaskedDecoder
 from mmssl.objectives.noncontrastive import data2vec_targets
 from mmssl.objectives.teacher import EMATeacher
+from mmssl.train.step import StepContext
 
 
 def repeat_rows(x: Any, repeats: int) -> Any:
@@ -74,24 +75,40 @@ class Data2VecOptions(TeacherOptions):
 
 
 class Data2Vec(nn.Module):
-    def __init__(self, options: Data2VecOptions, width: int, drops_tokens: bool = True) -> None:
+    """The student predicts, at hidden positions of ``num_masks`` masked copies of each row, the EMA teacher's
+    ``top_k``-layer target on the clean input. The teacher's ``after_optimizer_step`` follows the encoder."""
+
+    partial_rows = False
+
+    def __init__(
+        self,
+        modality: str,
+        view: str,
+        mask_ratio: float,
+        num_masks: int,
+        top_k: int,
+        decoder: MaskedDecoder,
+        teacher: EMATeacher,
+    ) -> None:
         super().__init__()
-        self.options = options
-        o = options
-        self.decoder = MaskedDecoder(width, o.decoder_width, o.decoder_depth, o.decoder_heads, width, drops_tokens)
-        self.teacher = EMATeacher(
-            lazy=["encoder"], base_momentum=options.momentum, final_momentum=options.final_momentum
+        self.modality, self.view, self.mask_ratio, self.num_masks, self.top_k = (
+            modality,
+            view,
+            mask_ratio,
+            num_masks,
+            top_k,
         )
+        self.inputs = [(modality, view)]
+        self.decoder, self.teacher = decoder, teacher
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
-        o = self.options
-        clean = ctx.inputs(o.modality, o.view)
-        teacher_encoder = self.teacher.ensure("encoder", ctx.model.encoders[o.modality])
+        clean = ctx.inputs(self.modality, self.view)
+        teacher_encoder = self.teacher.ensure("encoder", ctx.model.encoders[self.modality])
         with torch.no_grad():
-            targets = data2vec_targets(encoder_layers(teacher_encoder, clean), o.top_k, clean.padding_mask)
-        student_input = repeat_batch(clean, o.num_masks)
-        masked: MaskedInput = ctx.processors[o.modality].mask(student_input, o.mask_ratio)
-        out = ctx.model.encode(o.modality, masked.batch)
+            targets = data2vec_targets(encoder_layers(teacher_encoder, clean), self.top_k, clean.padding_mask)
+        student_input = repeat_batch(clean, self.num_masks)
+        masked: MaskedInput = ctx.processors[self.modality].mask(student_input, self.mask_ratio)
+        out = ctx.model.encode(self.modality, masked.batch)
         num_tokens = masked.mask.shape[1]
         if targets.shape[1] != num_tokens:
             raise ValueError(
@@ -101,19 +118,18 @@ class Data2Vec(nn.Module):
         hidden = masked.mask
         if student_input.padding_mask is not None:
             hidden = hidden & ~student_input.padding_mask
-        target = targets.repeat_interleave(o.num_masks, dim=0)
+        target = targets.repeat_interleave(self.num_masks, dim=0)
         loss = masked_mse(pred.float(), target, hidden)
         with torch.no_grad():
             cos = nn.functional.cosine_similarity(pred.float()[hidden], target[hidden], dim=-1).mean()
         return {"loss": loss, "cos": cos, "momentum": self.teacher.momentum.detach().clone()}
 
-    @torch.no_grad()
-    def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
-        students = {"encoder": model.encoders[self.options.modality]}
-        self.teacher.update(students, self.teacher.schedule(step, total_steps))
-
 
 @register_objective("data2vec", Data2VecOptions)
 def build_data2vec(options: Data2VecOptions, info: BuildInfo) -> nn.Module:
-    probe = info.processors[options.modality].mask(info.probes[options.modality], options.mask_ratio)
-    return Data2Vec(options, info.widths[options.modality], drops_tokens=probe.batch.keep is not None)
+    o, width = options, info.widths[options.modality]
+    probe = info.processors[o.modality].mask(info.probes[o.modality], o.mask_ratio)
+    drops_tokens = probe.batch.keep is not None
+    decoder = MaskedDecoder(width, o.decoder_width, o.decoder_depth, o.decoder_heads, width, drops_tokens)
+    teacher = EMATeacher(encoders={"encoder": o.modality}, base_momentum=o.momentum, final_momentum=o.final_momentum)
+    return Data2Vec(o.modality, o.view, o.mask_ratio, o.num_masks, o.top_k, decoder, teacher)

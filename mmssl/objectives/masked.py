@@ -12,11 +12,12 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmssl.data.dataset import CLEAN
+from mmssl.batch import CLEAN
 from mmssl.encoders.transformer import Transformer, _init_weights, sincos_positions
 from mmssl.modality import MaskedInput
-from mmssl.objectives.base import BuildInfo, ObjectiveOptions, StepContext, register_objective
+from mmssl.objectives.base import BuildInfo, ObjectiveOptions, register_objective
 from mmssl.objectives.functional import masked_cross_entropy, masked_mse
+from mmssl.train.step import StepContext
 
 
 class MaskedDecoder(nn.Module):
@@ -85,17 +86,20 @@ class MLMOptions(MaskedOptions):
 
 
 class MaskedPrediction(nn.Module):
-    def __init__(self, options: MaskedOptions, decoder: MaskedDecoder) -> None:
+    """Hide a ``mask_ratio`` of the tokens of one (modality, view), encode the rest, decode and score the hidden."""
+
+    partial_rows = False
+
+    def __init__(self, modality: str, view: str, mask_ratio: float, decoder: MaskedDecoder) -> None:
         super().__init__()
-        self.options, self.decoder = options, decoder
+        self.modality, self.view, self.mask_ratio, self.decoder = modality, view, mask_ratio, decoder
+        self.inputs = [(modality, view)]
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
-        o = self.options
-        masked: MaskedInput = ctx.processors[o.modality].mask(ctx.inputs(o.modality, o.view), o.mask_ratio)
-        out = ctx.model.encode(o.modality, masked.batch)
-        pred = self.decoder(
-            out.tokens, masked.batch.keep, masked.mask.shape[1], ctx.inputs(o.modality, o.view).padding_mask
-        )
+        clean = ctx.inputs(self.modality, self.view)
+        masked: MaskedInput = ctx.processors[self.modality].mask(clean, self.mask_ratio)
+        out = ctx.model.encode(self.modality, masked.batch)
+        pred = self.decoder(out.tokens, masked.batch.keep, masked.mask.shape[1], clean.padding_mask)
         if masked.kind == "categorical":
             loss = masked_cross_entropy(pred.float(), masked.target, masked.mask)
             acc = (pred.argmax(-1) == masked.target)[masked.mask].float().mean().detach()
@@ -117,7 +121,7 @@ def build_masked(options: MaskedOptions, info: BuildInfo) -> nn.Module:
         out_dim,
         drops_tokens=probe.batch.keep is not None,
     )
-    return MaskedPrediction(options, decoder)
+    return MaskedPrediction(options.modality, options.view, options.mask_ratio, decoder)
 
 
 register_objective("mae", MaskedOptions)(build_masked)

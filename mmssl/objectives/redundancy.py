@@ -7,11 +7,15 @@ and no teacher are needed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 from pydantic import Field
 from torch import Tensor, nn
 
-from mmssl.objectives.base import BuildInfo, ObjectiveOptions, StepContext, register_objective
+from mmssl.objectives.base import BuildInfo, ObjectiveOptions, register_objective
 from mmssl.objectives.noncontrastive import barlow_twins_loss, vicreg_loss
+from mmssl.train.step import StepContext
 
 
 def mlp_expander(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 3) -> nn.Module:
@@ -54,43 +58,34 @@ class VICRegOptions(RedundancyOptions):
 
 
 class TwoViewRedundancy(nn.Module):
-    """Expander on the pooled encodings of two views, then a redundancy-reduction loss."""
+    """An expander on the pooled encodings of two views (``inputs``), then a redundancy-reduction ``loss`` of the
+    two expanded batches (``[B, proj_dim]`` each, float32) -> named terms."""
 
-    def __init__(self, options: RedundancyOptions, width: int) -> None:
+    partial_rows = False
+
+    def __init__(
+        self, inputs: list[tuple[str, str]], expander: nn.Module, loss: Callable[[Tensor, Tensor], dict[str, Tensor]]
+    ) -> None:
         super().__init__()
-        self.options = options
-        self.expander = mlp_expander(width, options.hidden_dim, options.proj_dim, options.expander_layers)
-
-    def pair(self, ctx: StepContext) -> tuple[Tensor, Tensor]:
-        """Shapes: -> ([B, proj_dim], [B, proj_dim]) in float32."""
-        o = self.options
-        za = self.expander(ctx.encode(o.modality, o.views[0]).pooled)
-        zb = self.expander(ctx.encode(o.modality, o.views[1]).pooled)
-        return za.float(), zb.float()
-
-
-class BarlowTwins(TwoViewRedundancy):
-    options: BarlowTwinsOptions
+        self.inputs, self.expander, self.loss = inputs, expander, loss
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
-        za, zb = self.pair(ctx)
-        return barlow_twins_loss(za, zb, self.options.lambda_offdiag, gather=self.options.gather)
+        za, zb = (self.expander(ctx.encode(m, v).pooled).float() for m, v in self.inputs)
+        return self.loss(za, zb)
 
 
-class VICReg(TwoViewRedundancy):
-    options: VICRegOptions
-
-    def forward(self, ctx: StepContext) -> dict[str, Tensor]:
-        o = self.options
-        za, zb = self.pair(ctx)
-        return vicreg_loss(za, zb, o.sim_weight, o.var_weight, o.cov_weight, o.eps, gather=o.gather)
+def _expander(options: RedundancyOptions, info: BuildInfo) -> nn.Module:
+    return mlp_expander(info.widths[options.modality], options.hidden_dim, options.proj_dim, options.expander_layers)
 
 
 @register_objective("barlow_twins", BarlowTwinsOptions)
 def build_barlow_twins(options: BarlowTwinsOptions, info: BuildInfo) -> nn.Module:
-    return BarlowTwins(options, info.widths[options.modality])
+    loss = partial(barlow_twins_loss, lambda_offdiag=options.lambda_offdiag, gather=options.gather)
+    return TwoViewRedundancy(options.inputs(), _expander(options, info), loss)
 
 
 @register_objective("vicreg", VICRegOptions)
 def build_vicreg(options: VICRegOptions, info: BuildInfo) -> nn.Module:
-    return VICReg(options, info.widths[options.modality])
+    o = options
+    loss = partial(vicreg_loss, sim_weight=o.sim_weight, var_weight=o.var_weight, cov_weight=o.cov_weight, eps=o.eps)
+    return TwoViewRedundancy(options.inputs(), _expander(options, info), partial(loss, gather=o.gather))

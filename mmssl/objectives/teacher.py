@@ -15,7 +15,6 @@ teacher exactly.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -55,9 +54,13 @@ class EMATeacher(nn.Module):
     batch statistics, as BYOL's target network does; in ``eval()`` mode everything is in eval mode. Call its
     submodules under ``torch.no_grad()``.
 
+    It is the one after-step hook of BYOL, DINO and data2vec: :meth:`after_optimizer_step` (which the training step
+    calls on every objective's submodules that have one, :class:`mmssl.train.step.AfterStep`) updates each copy
+    from its student with the scheduled momentum.
+
     Args:
-        students: name -> student module to copy now (heads the objective builds itself).
-        lazy: Names of student modules copied on first use with :meth:`ensure` (the encoder).
+        students: name -> student module to copy now (heads the objective builds itself); each copy follows it.
+        encoders: name -> modality whose encoder is copied on first use (:meth:`ensure`) and followed.
         base_momentum: Momentum of the first update (BYOL and DINO: 0.996).
         final_momentum: Momentum reached at the last step (1.0).
 
@@ -70,7 +73,7 @@ class EMATeacher(nn.Module):
     def __init__(
         self,
         students: dict[str, nn.Module] | None = None,
-        lazy: Iterable[str] = (),
+        encoders: dict[str, str] | None = None,
         base_momentum: float = 0.996,
         final_momentum: float = 1.0,
     ) -> None:
@@ -80,7 +83,10 @@ class EMATeacher(nn.Module):
         self.base_momentum, self.final_momentum = base_momentum, final_momentum
         for name, module in (students or {}).items():
             self.add_module(name, frozen_copy(module))
-        for name in lazy:
+        # The students themselves are not submodules here (their owner registers them); a plain dict keeps them.
+        self._students: dict[str, nn.Module] = dict(students or {})
+        self._encoders: dict[str, str] = dict(encoders or {})
+        for name in self._encoders:
             self.register_module(name, None)
         self._pending: dict[str, dict[str, Tensor]] = {}
         self.register_buffer("momentum", torch.tensor(float(base_momentum)))
@@ -111,6 +117,12 @@ class EMATeacher(nn.Module):
             ema_update(self.ensure(name, student), student, momentum)
         self.momentum.fill_(momentum)
         self.steps += 1
+
+    @torch.no_grad()
+    def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Follow the students after optimizer step ``step`` of ``total_steps`` (``model``: the joint model)."""
+        students = self._students | {name: model.encoders[m] for name, m in self._encoders.items()}
+        self.update(students, self.schedule(step, total_steps))
 
     def train(self, mode: bool = True) -> EMATeacher:
         super().train(False)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from mmssl.released.adapt import layer_stack
+from mmssl.encoders.adapt import layer_stack
 
 
 def layer_scales(encoders: Iterable[nn.Module], decay: float) -> dict[int, float]:

@@ -19,7 +19,6 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from mmssl.build import (
-    Plan,
     build_model,
     build_processors,
     build_train_module,
@@ -29,14 +28,15 @@ from mmssl.build import (
     probe_batches,
     save_processors,
 )
+from mmssl.compiler import Plan
 from mmssl.data.dataset import Collator, ViewDataset
 from mmssl.data.errors import DataErrorPolicy, SkippedRow, readable_rows
 from mmssl.data.labels import LabelSpace
 from mmssl.data.sampler import ResumableBatchSampler
+from mmssl.encoders.adapt import count_parameters
 from mmssl.eval.monitors import TrainingMonitor
 from mmssl.plugins import check_plugin_files, plugin_file_records
 from mmssl.recipe import dump_recipe
-from mmssl.released.adapt import count_parameters
 from mmssl.train import checkpoint as ckpt
 from mmssl.train import integrity
 from mmssl.train.metrics import MetricLogger
@@ -84,7 +84,7 @@ def train(
     process (``TrainResult.stopped_by``; ``mmssl train`` then exits with ``preemption.STOPPED_EXIT_CODE``).
 
     Args:
-        plan: A validated recipe (``mmssl.build.validate_plugin_sections``).
+        plan: A compiled recipe (``mmssl.compiler.compile_recipe``).
         output: Run folder: recipe, processors, checkpoints, metrics, final weights, ``eval.json``.
         resume: Continue from the latest intact checkpoint in ``output`` (a damaged one is skipped with a warning).
         stop_after: Stop (as if killed) after this optimizer step, without final weights or evaluation.
@@ -107,7 +107,7 @@ def train(
         if "plugins" in meta:  # runs set up before plugin files were recorded have no record to compare with
             check_plugin_files(recipe.plugins, recipe.base_dir, meta["plugins"], str(output))
         if (output / "labels.json").is_file():
-            plan.labels = LabelSpace.from_json(json.loads((output / "labels.json").read_text()))
+            plan.set_labels(LabelSpace.from_json(json.loads((output / "labels.json").read_text())))
     accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
     set_seed(recipe.seed)
 

@@ -40,7 +40,6 @@ plugin = ModalityPlugin(
     load_processor=load_processor,
     build_encoder=_build_encoder,
     adopt=adopt,
-    extras={"patchify": patchify, "unpatchify": unpatchify},
 )
 
 __all__ = [

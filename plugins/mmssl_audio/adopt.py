@@ -19,7 +19,7 @@ def _set(options: AudioOptions, update: dict[str, Any], key: str, value: Any) ->
 
 
 def adopt(options: AudioOptions, preprocessing: Any) -> AudioOptions:
-    """Options that feed the released encoder what it expects (``mmssl.released.Preprocessing``).
+    """Options that feed the released encoder what it expects (``mmssl.encoders.base.Preprocessing``).
 
     ``waveform`` encoders get ``features: waveform`` at their sample rate (they normalise each clip
     themselves); ``log_mel`` encoders (AST) get ``features: log_mel`` with their ``n_mels``, sample rate and

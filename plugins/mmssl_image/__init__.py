@@ -22,7 +22,6 @@ plugin = ModalityPlugin(
     load_processor=load_processor,
     build_encoder=build_encoder,
     adopt=adopt,
-    extras={"patchify": patchify, "unpatchify": unpatchify},
 )
 
 __all__ = [

@@ -8,7 +8,7 @@ from mmssl_image.options import ImageOptions
 
 
 def adopt(options: ImageOptions, preprocessing: Any) -> ImageOptions:
-    """Options that preprocess images as the released encoder expects (``mmssl.released.Preprocessing``).
+    """Options that preprocess images as the released encoder expects (``mmssl.encoders.base.Preprocessing``).
 
     Sets ``image_size``, ``mean``, ``std`` and ``channels`` (3: every released vision encoder reads RGB). The
     patch size only matters to the plugin's own masking (MAE targets); it becomes the encoder's

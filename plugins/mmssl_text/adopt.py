@@ -8,7 +8,7 @@ from mmssl_text.options import TextOptions
 
 
 def adopt(options: TextOptions, preprocessing: Any) -> TextOptions:
-    """Options that tokenize as the released encoder expects (``mmssl.released.Preprocessing``).
+    """Options that tokenize as the released encoder expects (``mmssl.encoders.base.Preprocessing``).
 
     Raises:
         ValueError: The encoder does not read token ids, or the recipe names a different tokenizer.

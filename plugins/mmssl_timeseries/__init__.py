@@ -25,7 +25,6 @@ plugin = ModalityPlugin(
     build_processor=build_processor,
     load_processor=load_processor,
     build_encoder=build_encoder,
-    extras={"patchify": patchify, "unpatchify": unpatchify, "denormalize": denormalize},
 )
 
 __all__ = [

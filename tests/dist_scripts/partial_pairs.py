@@ -22,15 +22,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from dist_common import exit_without_teardown, publish_report
-from pydantic import Field
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mmssl.data.dataset import CLEAN, Batch, Collator
+from mmssl.batch import CLEAN, Batch
+from mmssl.data.dataset import Collator
 from mmssl.modality import EncoderOutput, ModalityBatch
-from mmssl.model import JointEmbeddingModel, TrainModule
-from mmssl.objectives.alignment import CLIP, CLIPOptions
-from mmssl.objectives.base import ObjectiveOptions, StepContext
+from mmssl.model import JointEmbeddingModel
+from mmssl.objectives.alignment import CLIP
+from mmssl.train.step import StepContext, TrainModule
 
 TOL = 1e-9
 MODALITIES = ("image", "audio", "text")
@@ -80,23 +80,18 @@ class Tower(nn.Module):
         return EncoderOutput(tokens=h[:, None], pooled=h)
 
 
-class NormOptions(ObjectiveOptions):
-    modality: str = Field()
-
-    def inputs(self) -> list[tuple[str, str]]:
-        return [(self.modality, CLEAN)]
-
-
 class NormObjective(nn.Module):
-    """A single-modality objective without partial-batch support (``partial_rows`` is not set)."""
+    """A single-modality objective without partial-batch support."""
+
+    partial_rows = False
 
     def __init__(self, modality: str) -> None:
         super().__init__()
-        self.options = NormOptions(name="norm", modality=modality)
+        self.modality, self.inputs = modality, [(modality, CLEAN)]
         self.scale = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        pooled = ctx.encode(self.options.modality).pooled
+        pooled = ctx.encode(self.modality).pooled
         return {"loss": self.scale * pooled.pow(2).mean()}
 
 
@@ -104,8 +99,8 @@ def build(with_norm: bool, gather: bool = True) -> TrainModule:
     torch.manual_seed(0)
     model = JointEmbeddingModel({m: Tower() for m in MODALITIES}, embed_dim=4)
     objectives: dict[str, nn.Module] = {
-        "clip": CLIP(CLIPOptions(name="clip", modalities=("image", "text"), gather=gather)),
-        "clip2": CLIP(CLIPOptions(name="clip", modalities=("audio", "text"), gather=gather)),
+        "clip": CLIP([("image", CLEAN), ("text", CLEAN)], init_temperature=0.07, gather=gather),
+        "clip2": CLIP([("audio", CLEAN), ("text", CLEAN)], init_temperature=0.07, gather=gather),
     }
     if with_norm:
         objectives["norm"] = NormObjective("audio")
