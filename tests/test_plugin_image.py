@@ -15,8 +15,10 @@ from pydantic import ValidationError
 from tolerances import F32
 
 import mmssl_image
+from mmssl.encoders.transformer import TransformerEncoder
 from mmssl.modality import Capabilities, MaskedInput, ModalityBatch, Processor
 from mmssl_image import ImageOptions, ImageProcessor, build_encoder, build_processor, load_processor
+from mmssl_image.resnet import ResNetEncoder, visible_pixels
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -182,7 +184,7 @@ def test_augment_deterministic_per_seed() -> None:
 
 
 def test_flip_and_crop_keep_shapes() -> None:
-    options = tiny_options(crop_scale=(1.0, 1.0), color_jitter=0.0, grayscale_p=0.0)
+    options = tiny_options(crop_scale=(1.0, 1.0), color_jitter=0.0, grayscale_p=0.0, flip=True)
     processor, images = fitted(options)
     image = processor.decode(images[0])
     prepared = processor.prepare(image)
@@ -257,9 +259,9 @@ def test_mask_keep_counts_and_target(norm_pix_loss: bool) -> None:
 # ------------------------------------------------------------------------------------------------ encoder
 
 
-@pytest.mark.parametrize("pool", ["cls", "mean"])
-def test_encoder_shapes_and_visible_only(pool: str) -> None:
-    options = tiny_options(pool=pool)
+@pytest.mark.parametrize(("encoder_kind", "pool"), [("vit", "cls"), ("vit", "mean"), ("resnet", "mean")])
+def test_encoder_shapes_and_visible_only(encoder_kind: str, pool: str) -> None:
+    options = tiny_options(pool=pool, encoder=encoder_kind)
     processor, images = fitted(options)
     encoder = build_encoder(options, processor).eval()
     batch = processor.collate([processor.prepare(processor.decode(i)) for i in images])
@@ -284,6 +286,41 @@ def test_encoder_shapes_and_visible_only(pool: str) -> None:
         assert not torch.allclose(out3.tokens[0], out.tokens[0])
 
     assert "embedder.positions" not in encoder.state_dict()
+
+
+def test_encoder_auto_picks_resnet_for_small_images() -> None:
+    assert tiny_options(encoder="auto", image_size=32, patch_size=4).encoder_kind == "resnet"
+    assert tiny_options(encoder="auto", image_size=224, patch_size=16).encoder_kind == "vit"
+    assert isinstance(build_encoder(tiny_options(encoder="auto")), ResNetEncoder)
+    assert isinstance(build_encoder(tiny_options(encoder="vit")), TransformerEncoder)
+    ImageOptions(image_size=16, patch_size=4, width=16, heads=3, encoder="resnet")  # heads only matter to the ViT
+    with pytest.raises(ValueError, match="heads 3 must divide width 16"):
+        ImageOptions(image_size=16, patch_size=4, width=16, heads=3, encoder="vit")
+
+
+def test_resnet_visible_pixels_match_a_loop() -> None:
+    grid, p = 3, 2
+    keep = torch.tensor([[0, 4, 8], [1, 2, 3]])
+    expected = torch.zeros(2, 1, grid * p, grid * p)
+    for b in range(2):
+        for index in keep[b].tolist():
+            row, col = divmod(index, grid)
+            expected[b, 0, row * p : (row + 1) * p, col * p : (col + 1) * p] = 1.0
+    assert torch.equal(visible_pixels(keep, grid, p, (grid * p, grid * p)), expected)
+
+
+def test_resnet_token_is_its_patch_cell() -> None:
+    """Each ResNet token is the mean of the last feature map over its patch cell, in patchify's row-major order."""
+    options = tiny_options(encoder="resnet", image_size=16, patch_size=4)
+    encoder = build_encoder(options).eval()
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = encoder(ModalityBatch(images))
+        fmap = encoder.stages(encoder.stem(images))  # [2, 16, 4, 4]: one cell per patch already
+        expected = torch.stack([fmap[:, :, i // 4, i % 4] for i in range(16)], dim=1)
+    assert out.tokens.shape == (2, 16, 16)
+    torch.testing.assert_close(out.tokens, expected, **F32)
+    torch.testing.assert_close(out.pooled, expected.mean(1), **F32)
 
 
 # ------------------------------------------------------------------------------------- save/load, plugin

@@ -1,4 +1,4 @@
-"""The image encoder: a ViT made of a convolutional patch embedder and the shared transformer."""
+"""The image encoders: a ViT (convolutional patch embedder + the shared transformer) or a small ResNet."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from mmssl.encoders.transformer import TransformerEncoder, sincos_positions_2d
 from mmssl_image.options import ImageOptions
+from mmssl_image.resnet import ResNetEncoder
 
 
 class PatchEmbedder(nn.Module):
@@ -49,12 +50,15 @@ class PatchEmbedder(nn.Module):
         return x + positions.to(x.dtype), None
 
 
-def build_encoder(options: ImageOptions, processor: object | None = None) -> TransformerEncoder:
-    """A ViT for ``options``: ``TransformerEncoder(PatchEmbedder(...), width, depth, heads, ...)``.
+def build_encoder(options: ImageOptions, processor: object | None = None) -> TransformerEncoder | ResNetEncoder:
+    """The encoder ``options.encoder_kind`` names: a ViT ``TransformerEncoder(PatchEmbedder(...), ...)`` or a
+    ``ResNetEncoder`` with one token per patch-grid cell.
 
     The processor is not needed (the architecture depends on the options only); it is accepted for the
     plugin contract.
     """
+    if options.encoder_kind == "resnet":
+        return ResNetEncoder(options.channels, options.width, options.grid, options.patch_size, options.conv_blocks)
     embedder = PatchEmbedder(options.channels, options.patch_size, options.image_size, options.width)
     return TransformerEncoder(
         embedder,

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: Largest image side for which ``encoder: auto`` picks the ResNet.
+RESNET_MAX_SIZE = 64
+
 
 class ImageOptions(BaseModel):
     """Preprocessing, augmentation and encoder options for images.
@@ -32,6 +35,15 @@ class ImageOptions(BaseModel):
     )
 
     # Encoder.
+    encoder: Literal["auto", "vit", "resnet"] = Field(
+        "auto",
+        description=(
+            "Image encoder: vit (patch transformer), resnet (three-stage ResNet pooled onto the patch grid) or "
+            f"auto: resnet for images of at most {RESNET_MAX_SIZE} px (small images, small data: convolutions "
+            "learn far faster there), vit above."
+        ),
+    )
+    conv_blocks: int = Field(1, ge=1, description="ResNet only: residual blocks per stage (three stages).")
     width: int = Field(192, gt=0, description="Token width D of the transformer encoder.")
     depth: int = Field(4, ge=0, description="Number of transformer blocks.")
     heads: int = Field(3, gt=0, description="Attention heads; must divide width.")
@@ -43,7 +55,12 @@ class ImageOptions(BaseModel):
     crop_scale: tuple[float, float] = Field(
         (0.2, 1.0), description="Area range (fraction of the image) of the random resized crop."
     )
-    flip: bool = Field(True, description="Flip views horizontally with probability 0.5.")
+    flip: bool = Field(
+        False,
+        description="Flip views horizontally with probability 0.5. Off by default: a mirrored digit, letter, "
+        "sign, scan or map tile is often another thing; turn it on where left and right are interchangeable "
+        "(clothing, natural photos).",
+    )
     color_jitter: float = Field(
         0.4, ge=0.0, description="Brightness/contrast/saturation jitter strength; hue jitter is 0.1 * strength."
     )
@@ -69,14 +86,23 @@ class ImageOptions(BaseModel):
                 )
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError(f"std entries must be positive, got {self.std}")
-        if self.width % self.heads:
+        if self.encoder_kind == "vit" and self.width % self.heads:
             raise ValueError(f"heads {self.heads} must divide width {self.width}")
         if self.width % 4:
-            raise ValueError(f"width must be divisible by 4 (2-D sine-cosine positions), got {self.width}")
+            raise ValueError(
+                f"width must be divisible by 4 (ViT: 2-D sine-cosine positions; ResNet: stage widths), got {self.width}"
+            )
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         return self
+
+    @property
+    def encoder_kind(self) -> Literal["vit", "resnet"]:
+        """The encoder ``encoder`` resolves to (``auto`` picks by image size)."""
+        if self.encoder != "auto":
+            return self.encoder
+        return "resnet" if self.image_size <= RESNET_MAX_SIZE else "vit"
 
     @property
     def grid(self) -> int:

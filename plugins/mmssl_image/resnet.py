@@ -1,0 +1,130 @@
+"""A small ResNet for small images: convolutions learn from little data where a ViT's patch tokens struggle.
+
+The encoder returns one token per cell of the patch grid (``image_size / patch_size`` per side), the same
+token order as ``mmssl_image.patches.patchify``, so masked objectives work unchanged: hidden patches are zeroed
+in the input (the normalised mean) before the convolutions, in the spirit of SparK's masked convolution, and
+only the kept cells are returned as tokens. The pooled embedding is the mean of the returned tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmssl.encoders.transformer import gather_tokens
+from mmssl.modality import EncoderOutput, ModalityBatch
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 8 groups: per-sample statistics, so a row's embedding never depends on the other rows
+    of its batch or on the process it runs on (batch norm would make DDP and single-process runs differ)."""
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with group norm and a residual connection (ResNet-18's block).
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        stride: Stride of the first convolution (2 halves the resolution).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.norm1 = group_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.norm2 = group_norm(out_channels)
+        nn.init.zeros_(self.norm2.weight)  # each block starts as the identity (Goyal et al. 2017)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), group_norm(out_channels)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x [B, C_in, H, W] -> [B, C_out, H / stride, W / stride]."""
+        out = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(self.norm2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetEncoder(nn.Module):
+    """A three-stage ResNet whose feature map is pooled onto the patch grid.
+
+    Stage widths are ``width / 4``, ``width / 2`` and ``width``; the first stage keeps the input resolution
+    (small images lose too much to a strided stem), each later stage halves it. The last feature map is
+    average-pooled to ``grid x grid`` cells, which are the tokens.
+
+    Args:
+        channels: Input channels C.
+        width: Output width D (divisible by 4).
+        grid: Tokens per side (``image_size // patch_size``).
+        patch_size: Side of the patch a token stands for (to zero hidden patches).
+        blocks: Residual blocks per stage.
+    """
+
+    def __init__(self, channels: int, width: int, grid: int, patch_size: int, blocks: int = 1) -> None:
+        super().__init__()
+        if width % 4:
+            raise ValueError(f"ResNet width must be divisible by 4, got {width}")
+        self.width = width
+        self.grid = grid
+        self.patch_size = patch_size
+        widths = [width // 4, width // 2, width]
+        self.stem = nn.Sequential(
+            nn.Conv2d(channels, widths[0], 3, 1, 1, bias=False), group_norm(widths[0]), nn.ReLU(inplace=True)
+        )
+        layers: list[nn.Module] = []
+        previous = widths[0]
+        for stage, w in enumerate(widths):
+            for b in range(blocks):
+                layers.append(BasicBlock(previous, w, stride=2 if stage > 0 and b == 0 else 1))
+                previous = w
+        self.stages = nn.Sequential(*layers)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def feature_map(self, images: Tensor) -> Tensor:
+        """Shapes: images [B, C, H, W] -> [B, D, grid, grid]."""
+        return F.adaptive_avg_pool2d(self.stages(self.stem(images)), self.grid)
+
+    def forward(self, batch: ModalityBatch) -> EncoderOutput:
+        """Encode images; with ``batch.keep``, hidden patches are zeroed and only kept cells are returned.
+
+        Shapes:
+            batch.data [B, C, H, W], batch.keep [B, K] -> tokens [B, K or grid ** 2, D], pooled [B, D].
+        """
+        images = batch.data
+        if batch.keep is not None:
+            images = images * visible_pixels(batch.keep, self.grid, self.patch_size, images.shape[-2:]).to(images)
+        tokens = self.feature_map(images).flatten(2).transpose(1, 2)
+        if batch.keep is not None:
+            tokens = gather_tokens(tokens, batch.keep)
+        return EncoderOutput(tokens=tokens, pooled=tokens.mean(1))
+
+    def layer_stack(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """``(stem, blocks)`` from input to output (layer-wise lr decay)."""
+        return [self.stem], list(self.stages)
+
+
+def visible_pixels(keep: Tensor, grid: int, patch_size: int, size: tuple[int, int] | torch.Size) -> Tensor:
+    """A [B, 1, H, W] mask, 1 on the pixels of kept patches and 0 elsewhere.
+
+    Args:
+        keep: Indices of the kept patches in row-major order over the ``grid x grid`` patch grid.
+        grid: Patches per side.
+        patch_size: Patch side in pixels.
+        size: (H, W) of the images (grid * patch_size each).
+
+    Shapes:
+        keep [B, K] -> [B, 1, H, W] float.
+    """
+    visible = torch.zeros(keep.shape[0], grid * grid, device=keep.device)
+    visible.scatter_(1, keep, 1.0)
+    cells = visible.view(-1, 1, grid, grid)
+    return F.interpolate(cells, size=tuple(size), mode="nearest")
