@@ -207,7 +207,7 @@ class _Compiler:
             try:
                 options[name] = plugin.parse_options(spec.options)
             except ValidationError as err:
-                self.errors.extend(pydantic_errors(err, f"{path}.options"))
+                self.errors.extend(pydantic_errors(err, f"{path}.options", plugin.options))
         return plugins, options
 
     def _libraries(self, plugins: dict[str, ModalityPlugin[Any]]) -> dict[str, EncoderLibrary]:
@@ -228,7 +228,7 @@ class _Compiler:
             try:
                 typed = library.options.model_validate(encoder.model_dump())
             except ValidationError as err:
-                self.errors.extend(pydantic_errors(err, path))
+                self.errors.extend(pydantic_errors(err, path, library.options))
                 continue
             libraries[modality] = library
             specs[modality] = typed
@@ -283,7 +283,7 @@ class _Compiler:
         try:
             return kind, kind.options.model_validate(body)
         except ValidationError as err:
-            self.errors.extend(pydantic_errors(err, path))
+            self.errors.extend(pydantic_errors(err, path, kind.options))
             return None
 
     def _objectives(

@@ -227,12 +227,23 @@ def format_loc(loc: tuple[Any, ...], prefix: str = "") -> str:
     return path or "(top level)"
 
 
-def pydantic_errors(err: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+def pydantic_errors(
+    err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> list[tuple[str, str]]:
+    """``(key path, message)`` per error; with the validated ``model``, an unknown key's message names the close
+    matches and the allowed keys."""
+    from mmssl.schema import model_at, unknown_key_message
+
     out = []
     for e in err.errors():
         message = e["msg"]
         if e["type"] == "extra_forbidden":
-            message = "unknown key (not allowed here)"
+            holder = model_at(model, tuple(e["loc"]))
+            allowed = [k for k, f in holder.model_fields.items() if not f.exclude] if holder is not None else None
+            if allowed:
+                message = unknown_key_message(str(e["loc"][-1]), allowed)
+            else:
+                message = "unknown key (not allowed here)"
         elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict | list):
             message += f" (got {e['input']!r})"
         out.append((format_loc(tuple(e["loc"]), prefix), message))
@@ -309,7 +320,7 @@ def parse_recipe(tree: dict[str, Any], source: str = "<recipe>", base_dir: Path 
     try:
         recipe = Recipe.model_validate(tree)
     except ValidationError as err:
-        raise RecipeError(source, pydantic_errors(err)) from None
+        raise RecipeError(source, pydantic_errors(err, model=Recipe)) from None
     recipe.base_dir = base_dir or Path(".")
     if "train" not in recipe.data:
         raise RecipeError(source, [("data", "a `train` split is required")])
