@@ -21,7 +21,9 @@ HAS_PARQUET = any(importlib.util.find_spec(engine) for engine in ("pyarrow", "fa
 
 
 def tiny_options(**overrides: object):
-    values: dict[str, object] = {"channels": 2, "patch_len": 4, "max_length": 64, "width": 16, "depth": 1, "heads": 2}
+    values: dict[str, object] = {
+        "channels": 2, "patch_len": 4, "max_length": 64, "width": 16, "depth": 1, "heads": 2, "instance_norm": True
+    }
     values.update(overrides)
     return ts.TimeSeriesOptions(**values)
 
@@ -155,8 +157,26 @@ def test_instance_normalisation_is_reversible() -> None:
 
     flat = processor.prepare(np.full((2, 8), 3.0, dtype=np.float32))  # constant channels: zeros, no division by 0
     assert torch.equal(flat, torch.zeros(2, 8))
-    raw = ts.build_processor(tiny_options(instance_norm=False))
+    raw = ts.build_processor(tiny_options(instance_norm=False, dataset_norm=False))
     assert torch.equal(raw.prepare(series), torch.from_numpy(series[:, :64]))
+
+
+def test_dataset_normalisation_uses_training_statistics(tmp_path: Path) -> None:
+    """With instance_norm off, each channel is scaled by the training set's mean/std (numpy over all steps)."""
+    corpus = [random_series(2, n, seed=n) * np.array([[1.0], [50.0]]) + np.array([[3.0], [-7.0]]) for n in (30, 40)]
+    options = tiny_options(instance_norm=False, max_length=35)
+    processor = ts.build_processor(options, corpus)
+    steps = np.concatenate([c[:, :35] for c in corpus], axis=1).astype(np.float64)
+    np.testing.assert_allclose(processor.channel_mean, steps.mean(1), **F32)
+    np.testing.assert_allclose(processor.channel_std, steps.std(1), **F32)
+    series = corpus[1]
+    expected = (series[:, :35] - steps.mean(1)[:, None]) / steps.std(1)[:, None]
+    np.testing.assert_allclose(processor.prepare(series).numpy(), expected, **F32)
+    processor.save(tmp_path)
+    loaded = ts.load_processor(options, tmp_path)
+    assert torch.equal(loaded.prepare(series), processor.prepare(series))
+    with pytest.raises(ValueError, match="dataset_norm needs the training series"):
+        ts.build_processor(options, None)
 
 
 # ------------------------------------------------------------------------------------------------ augment
@@ -356,7 +376,9 @@ def test_plugin_found_through_entry_point() -> None:
     assert plugin is ts.plugin and plugin.name == "timeseries"
     assert plugin.capabilities == Capabilities(views=True, masking="continuous", pairing=True)
     assert plugin.description and "\n" not in plugin.description
-    options = plugin.parse_options({"channels": 1, "patch_len": 5, "width": 16, "heads": 2, "depth": 1})
+    options = plugin.parse_options(
+        {"channels": 1, "patch_len": 5, "width": 16, "heads": 2, "depth": 1, "instance_norm": True}
+    )
     processor = plugin.build_processor(options, iter([]))
     assert isinstance(processor, Processor)
     assert isinstance(plugin.build_encoder(options, processor), torch.nn.Module)

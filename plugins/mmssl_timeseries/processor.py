@@ -1,4 +1,4 @@
-"""The time-series processor: decoding, per-instance normalisation, random views, batching and masking."""
+"""The time-series processor: decoding, per-instance or per-dataset normalisation, views, batching, masking."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from mmssl.masking import random_keep
-from mmssl.modality import MaskedInput, ModalityBatch
+from mmssl.modality import MaskedInput, ModalityBatch, corpus_of
 from mmssl_timeseries.augment import random_view
 from mmssl_timeseries.decode import decode_series
 from mmssl_timeseries.encoder import series_values
@@ -22,20 +22,36 @@ from mmssl_timeseries.revin import InstanceStats, denormalize, instance_normaliz
 
 #: File written by ``TimeSeriesProcessor.save``.
 STATE_FILE = "timeseries.json"
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 class TimeSeriesProcessor:
     """Turns raw series into normalised tensors, random views, padded batches and masked inputs.
 
-    Nothing is fitted to the data: normalisation is per instance (see ``mmssl_timeseries.revin``).
+    Normalisation is per instance (``instance_norm``, see ``mmssl_timeseries.revin``), else per channel with
+    statistics of the training set (``dataset_norm``), else none.
 
     Args:
         options: The modality's options.
+        channel_mean: Per-channel training-set mean, used when ``instance_norm`` is off (None: 0).
+        channel_std: Per-channel training-set std (positive), used with ``channel_mean`` (None: 1).
     """
 
-    def __init__(self, options: TimeSeriesOptions) -> None:
+    def __init__(
+        self,
+        options: TimeSeriesOptions,
+        channel_mean: list[float] | None = None,
+        channel_std: list[float] | None = None,
+    ) -> None:
         self.options = options
+        c = options.channels
+        for name, value in (("channel_mean", channel_mean), ("channel_std", channel_std)):
+            if value is not None and len(value) != c:
+                raise ValueError(f"{name} has {len(value)} entries but channels is {c}: give one per channel")
+        if channel_std is not None and any(s <= 0 for s in channel_std):
+            raise ValueError(f"channel_std entries must be positive, got {channel_std}")
+        self.channel_mean = None if channel_mean is None else [float(m) for m in channel_mean]
+        self.channel_std = None if channel_std is None else [float(s) for s in channel_std]
 
     def __repr__(self) -> str:
         o = self.options
@@ -56,7 +72,8 @@ class TimeSeriesProcessor:
         """Cut to ``max_length`` steps, then normalise each channel by its own mean and std (``instance_norm``).
 
         Returns the statistics too, so ``denormalize`` maps normalised values back to the series' units. With
-        ``instance_norm: false`` the statistics are mean 0, std 1.
+        ``instance_norm: false`` they are the training set's per-channel statistics (``dataset_norm``), or mean 0
+        and std 1.
 
         Shapes:
             sample: [C, L] decoded -> ([C, min(L, max_length)] float32, stats of [C, 1])
@@ -65,7 +82,9 @@ class TimeSeriesProcessor:
         if self.options.instance_norm:
             series, stats = instance_normalize(series, self.options.norm_eps)
         else:
-            stats = InstanceStats(np.zeros((len(series), 1)), np.ones((len(series), 1)))
+            mean = np.zeros((len(series), 1)) if self.channel_mean is None else np.array(self.channel_mean)[:, None]
+            std = np.ones((len(series), 1)) if self.channel_std is None else np.array(self.channel_std)[:, None]
+            series, stats = (series - mean) / std, InstanceStats(mean, std)
         return torch.from_numpy(series.astype(np.float32)), stats
 
     @staticmethod
@@ -151,6 +170,8 @@ class TimeSeriesProcessor:
             "patch_len": o.patch_len,
             "max_length": o.max_length,
             "instance_norm": o.instance_norm,
+            "channel_mean": self.channel_mean,
+            "channel_std": self.channel_std,
         }
 
     def save(self, directory: Path) -> None:
@@ -183,8 +204,37 @@ def _describe(value: Any) -> str:
 
 
 def build_processor(options: TimeSeriesOptions, corpus: Iterable[Any] | None = None) -> TimeSeriesProcessor:
-    """Build a processor; nothing is fitted, so ``corpus`` is not read."""
-    return TimeSeriesProcessor(options)
+    """Build a processor; with ``instance_norm`` off and ``dataset_norm`` on, the per-channel mean and std are
+    fitted on up to ``stats_samples`` series of ``corpus`` (raw training values)."""
+    if options.instance_norm or not options.dataset_norm:
+        return TimeSeriesProcessor(options)
+    return TimeSeriesProcessor(options, *channel_stats(options, corpus))
+
+
+def channel_stats(options: TimeSeriesOptions, corpus: Iterable[Any] | None) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std over every (non-NaN) time step of up to ``stats_samples`` training series, each
+    cut to ``max_length``. A channel with (near) zero std gets std 1.
+
+    Returns:
+        (mean, std), each with ``options.channels`` entries.
+    """
+    if corpus is None:
+        raise ValueError("dataset_norm needs the training series to fit the channel statistics, and there are none")
+    c = options.channels
+    total, squares, count = np.zeros(c), np.zeros(c), np.zeros(c)
+    for raw in corpus_of(corpus, options.stats_samples):
+        series = decode_series(raw, c)[:, : options.max_length].astype(np.float64)
+        valid = ~np.isnan(series)
+        values = np.where(valid, series, 0.0)
+        total += values.sum(1)
+        squares += np.square(values).sum(1)
+        count += valid.sum(1)
+    if not count.all():
+        raise ValueError("the training series have no values to fit the dataset normalisation; set instance_norm")
+    mean = total / count
+    std = np.sqrt(np.clip(squares / count - np.square(mean), 0.0, None))
+    std = np.where(std < 1e-6, 1.0, std)
+    return mean.tolist(), std.tolist()
 
 
 def load_processor(options: TimeSeriesOptions, directory: Path) -> TimeSeriesProcessor:
@@ -198,4 +248,6 @@ def load_processor(options: TimeSeriesOptions, directory: Path) -> TimeSeriesPro
             raise ValueError(
                 f"{file} was saved with {key} {state.get(key)} but the options ask for {getattr(options, key)}"
             )
-    return TimeSeriesProcessor(options)
+    if options.instance_norm or state.get("channel_mean") is None:
+        return TimeSeriesProcessor(options)  # a run saved before dataset_norm existed trained without it
+    return TimeSeriesProcessor(options, state["channel_mean"], state["channel_std"])
