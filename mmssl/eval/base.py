@@ -7,11 +7,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
 
 from mmssl.data.errors import SkippedRow, readable_rows
 from mmssl.data.sources import Source
+from mmssl.eval.embed import embed_values, labelled_values, raw_features
 from mmssl.modality import Processor
 from mmssl.registry import Registry
 
@@ -97,6 +100,7 @@ class EvalContext:
     on_error: str = "raise"
     skipped: dict[str, list[SkippedRow]] = field(default_factory=dict)
     _sources: dict[str, Source] = field(default_factory=dict)
+    _cache: dict[tuple, Any] = field(default_factory=dict)
 
     def source(self, split: str) -> Source:
         if split not in self._sources:
@@ -105,6 +109,39 @@ class EvalContext:
                 source, self.skipped[split] = readable_rows(source, self.columns, self.processors)
             self._sources[split] = source
         return self._sources[split]
+
+    def labelled(self, modality: str, split: str) -> tuple[list, np.ndarray]:
+        """Values and labels of the split's labelled rows of ``modality`` (see ``labelled_values``)."""
+        key = ("labelled", modality, split)
+        if key not in self._cache:
+            self._cache[key] = labelled_values(self.source(split), self.columns[modality])
+        return self._cache[key]
+
+    def embeddings(self, model: Any, modality: str, split: str, features: str, batch_size: int) -> Tensor:
+        """Embeddings of the split's labelled rows, computed once per model, modality, split and features, so
+        evaluations that share a split (kNN and the linear probe) embed it once.
+
+        Shapes: -> [N, D] float32 on the CPU.
+        """
+        key = ("embed", id(model), modality, split, features)
+        if key not in self._cache:
+            values, _ = self.labelled(modality, split)
+            processor = self.processors[modality]
+            self._cache[key] = embed_values(model, modality, processor, values, features, batch_size, self.device)
+        return self._cache[key]
+
+    def raw(self, modality: str, splits: tuple[str, ...]) -> list[Tensor] | None:
+        """The raw prepared input of the splits' labelled rows (``raw_features``, one padding shape for all of
+        them), split back per split; None when the modality's input is not one float tensor per row."""
+        key = ("raw", modality, splits)
+        if key not in self._cache:
+            values = [self.labelled(modality, split)[0] for split in splits]
+            raw = raw_features(self.processors[modality], [v for part in values for v in part])
+            if raw is None:
+                self._cache[key] = None
+            else:
+                self._cache[key] = list(raw.split([len(part) for part in values]))
+        return self._cache[key]
 
     @cached_property
     def random_model(self) -> Any:

@@ -11,7 +11,6 @@ from pydantic import Field
 from torch import Tensor
 
 from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
-from mmssl.eval.embed import embed_values, labelled_values, raw_features
 
 
 def knn_predict(bank: Tensor, bank_labels: Tensor, query: Tensor, k: int = 20, temperature: float = 0.07) -> Tensor:
@@ -62,29 +61,26 @@ class KNNOptions(EvalOptions):
 def run_knn(options: KNNOptions, ctx: EvalContext) -> dict[str, float]:
     """Writes ``knn_top1`` and, per baseline, ``knn_top1_random_init`` / ``knn_top1_raw``."""
     prefix = options.prefix or "knn"
-    column, processor = ctx.columns[options.modality], ctx.processors[options.modality]
-    bank_values, bank_labels = labelled_values(ctx.source(options.bank), column)
-    query_values, query_labels = labelled_values(ctx.source(options.query), column)
+    m = options.modality
+    _, bank_labels = ctx.labelled(m, options.bank)
+    _, query_labels = ctx.labelled(m, options.query)
 
     def score(model) -> float:
-        def emb(values):
-            return embed_values(
-                model, options.modality, processor, values, options.features, options.batch_size, ctx.device
-            )
+        def emb(split: str) -> Tensor:
+            return ctx.embeddings(model, m, split, options.features, options.batch_size)
 
         return knn_accuracy(
-            emb(bank_values), bank_labels, emb(query_values), query_labels, options.k, options.temperature
+            emb(options.bank), bank_labels, emb(options.query), query_labels, options.k, options.temperature
         )
 
     results = {f"{prefix}_top1": score(ctx.model)}
     if "random_init" in options.baselines:
         results[f"{prefix}_top1_{ctx.baseline_name}"] = score(ctx.random_model)
     if "raw" in options.baselines:
-        raw = raw_features(processor, bank_values + query_values)  # one padding shape for both splits
+        raw = ctx.raw(m, (options.bank, options.query))  # one padding shape for both splits
         if raw is not None:
-            bank_raw, query_raw = raw[: len(bank_values)], raw[len(bank_values) :]
             results[f"{prefix}_top1_raw"] = knn_accuracy(
-                bank_raw, bank_labels, query_raw, query_labels, options.k, options.temperature
+                raw[0], bank_labels, raw[1], query_labels, options.k, options.temperature
             )
     results[f"{prefix}_chance"] = 1.0 / len(np.unique(np.concatenate([bank_labels, query_labels])))
     return results

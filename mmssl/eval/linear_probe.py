@@ -14,7 +14,6 @@ from pydantic import Field
 from torch import Tensor
 
 from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
-from mmssl.eval.embed import embed_values, labelled_values, raw_features
 
 
 def linear_probe_accuracy(
@@ -74,27 +73,25 @@ def run_linear_probe(options: LinearProbeOptions, ctx: EvalContext) -> dict[str,
     """Writes ``linear_probe_top1``, per baseline ``linear_probe_top1_random_init`` / ``linear_probe_top1_raw``,
     and ``linear_probe_chance`` (1 / number of classes)."""
     prefix = options.prefix or "linear_probe"
-    column, processor = ctx.columns[options.modality], ctx.processors[options.modality]
-    train_values, train_labels = labelled_values(ctx.source(options.train), column)
-    test_values, test_labels = labelled_values(ctx.source(options.test), column)
+    m = options.modality
+    _, train_labels = ctx.labelled(m, options.train)
+    _, test_labels = ctx.labelled(m, options.test)
 
     def probe(train_x: Tensor, test_x: Tensor) -> float:
         return linear_probe_accuracy(train_x, train_labels, test_x, test_labels, options.C, options.max_iter)
 
     def score(model: Any) -> float:
-        def emb(values: list) -> Tensor:
-            return embed_values(
-                model, options.modality, processor, values, options.features, options.batch_size, ctx.device
-            )
+        def emb(split: str) -> Tensor:
+            return ctx.embeddings(model, m, split, options.features, options.batch_size)
 
-        return probe(emb(train_values), emb(test_values))
+        return probe(emb(options.train), emb(options.test))
 
     results = {f"{prefix}_top1": score(ctx.model)}
     if "random_init" in options.baselines:
         results[f"{prefix}_top1_{ctx.baseline_name}"] = score(ctx.random_model)
     if "raw" in options.baselines:
-        raw = raw_features(processor, train_values + test_values)
+        raw = ctx.raw(m, (options.train, options.test))
         if raw is not None:
-            results[f"{prefix}_top1_raw"] = probe(raw[: len(train_values)], raw[len(train_values) :])
+            results[f"{prefix}_top1_raw"] = probe(raw[0], raw[1])
     results[f"{prefix}_chance"] = 1.0 / len(np.unique(np.concatenate([train_labels, test_labels])))
     return results
