@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 CLEAN = "clean"
 """The deterministic view (``Processor.prepare``); views named ``view0``, ``view1``, ... are random."""
+LOCAL_PREFIX = "local"
+"""Views named ``local0``, ``local1``, ... are small random local crops (``augment_local``, multi-crop)."""
 
 
 @dataclass

@@ -91,12 +91,15 @@ class Capabilities:
         masks_drop_tokens: ``mask`` hides tokens by dropping them from the encoder's input (``ModalityBatch.keep``),
             which only encoders that can drop tokens accept; None: True for continuous masking (MAE-style).
             Read it as ``drops_tokens``.
+        local_views: The processor has ``augment_local`` (small local crops for DINO's multi-crop); views named
+            ``local0``, ``local1``, ... are made with it.
     """
 
     views: bool = True
     masking: Literal["continuous", "categorical"] | None = None
     pairing: bool = True
     masks_drop_tokens: bool | None = None
+    local_views: bool = False
 
     @property
     def drops_tokens(self) -> bool:
@@ -104,6 +107,8 @@ class Capabilities:
 
     def describe(self) -> str:
         parts = ["views" if self.views else "no views"]
+        if self.local_views:
+            parts.append("local views")
         parts.append(f"masking ({self.masking})" if self.masking else "no masking")
         parts.append("pairing" if self.pairing else "no pairing")
         return ", ".join(parts)

@@ -319,7 +319,9 @@ def test_ema_update_formula_and_buffers() -> None:
 
 # ---------------------------------------------------------------- objective modules on a real encoder
 
-IMAGE = ImageOptions(image_size=28, patch_size=7, channels=1, width=32, depth=2, heads=2, mean=[0.5], std=[0.25])
+IMAGE = ImageOptions(
+    image_size=28, patch_size=7, channels=1, width=32, depth=2, heads=2, mean=[0.5], std=[0.25], encoder="vit"
+)
 
 
 def image_setup(views: list[str], n: int = 6, seed: int = 0) -> tuple[JointEmbeddingModel, dict, Batch]:

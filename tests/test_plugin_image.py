@@ -346,7 +346,7 @@ def test_plugin_found_through_entry_point() -> None:
 
     plugin = get_modality("image")
     assert plugin is mmssl_image.plugin
-    assert plugin.capabilities == Capabilities(views=True, masking="continuous", pairing=True)
+    assert plugin.capabilities == Capabilities(views=True, masking="continuous", pairing=True, local_views=True)
     assert plugin.description and "\n" not in plugin.description
     options = plugin.parse_options({"image_size": 16, "patch_size": 4, "width": 16, "heads": 2, "depth": 1})
     processor = plugin.build_processor(options, random_images(2, 16, 16))

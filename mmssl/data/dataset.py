@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmssl.batch import CLEAN, Batch
+from mmssl.batch import CLEAN, LOCAL_PREFIX, Batch
 from mmssl.data.errors import MAX_ATTEMPTS, OnError, SkippedRow, replacement_row
 from mmssl.data.sources import Source
 from mmssl.modality import ModalityBatch, Processor
@@ -84,10 +84,18 @@ class ViewDataset:
                 column = self.columns[modality]
                 message = f"{self.source.origin} row {index}, column {column!r} ({modality}): {err}"
                 raise _Unreadable(message, SkippedRow.of(0, index, self.source.origin, column, raw, err)) from err
-            out["views"][modality] = {
-                name: processor.prepare(sample) if name == CLEAN else processor.augment(sample, rng) for name in names
-            }
+            out["views"][modality] = {name: make_view(processor, sample, name, rng) for name in names}
         return out
+
+
+def make_view(processor: Processor, sample: Any, name: str, rng: np.random.Generator) -> Any:
+    """The view ``name`` of a decoded sample: ``clean`` is ``prepare``; ``local0``, ``local1``, ... are the
+    processor's small local crops (``augment_local``, DINO's multi-crop); any other name is a random ``augment``."""
+    if name == CLEAN:
+        return processor.prepare(sample)
+    if name.startswith(LOCAL_PREFIX):
+        return processor.augment_local(sample, rng)
+    return processor.augment(sample, rng)
 
 
 class _Unreadable(Exception):

@@ -45,6 +45,10 @@ class KNNOptions(EvalOptions):
     k: int = Field(20, ge=1)
     temperature: float = Field(0.07, gt=0)
     features: Literal["pooled", "projected"] = "pooled"
+    widths: list[int] = Field(
+        default_factory=list,
+        description="Also score the first w features for each w (Matryoshka widths): writes knn_top1@w.",
+    )
     baselines: list[Literal["random_init", "raw"]] = Field(
         default_factory=lambda: ["random_init", "raw"],
         description="Also score a random-init model of the same architecture and/or the raw prepared input.",
@@ -65,15 +69,17 @@ def run_knn(options: KNNOptions, ctx: EvalContext) -> dict[str, float]:
     _, bank_labels = ctx.labelled(m, options.bank)
     _, query_labels = ctx.labelled(m, options.query)
 
-    def score(model) -> float:
+    def score(model, width: int | None = None) -> float:
         def emb(split: str) -> Tensor:
-            return ctx.embeddings(model, m, split, options.features, options.batch_size)
+            return ctx.embeddings(model, m, split, options.features, options.batch_size)[:, :width]
 
         return knn_accuracy(
             emb(options.bank), bank_labels, emb(options.query), query_labels, options.k, options.temperature
         )
 
     results = {f"{prefix}_top1": score(ctx.model)}
+    for width in options.widths:
+        results[f"{prefix}_top1@{width}"] = score(ctx.model, width)
     if "random_init" in options.baselines:
         results[f"{prefix}_top1_{ctx.baseline_name}"] = score(ctx.random_model)
     if "raw" in options.baselines:

@@ -56,6 +56,10 @@ class LinearProbeOptions(EvalOptions):
     features: Literal["pooled", "projected"] = Field(
         "pooled", description="The encoder's pooled output or the unit-norm shared-space embedding."
     )
+    widths: list[int] = Field(
+        default_factory=list,
+        description="Also probe the first w features for each w (Matryoshka widths): writes linear_probe_top1@w.",
+    )
     baselines: list[Literal["random_init", "raw"]] = Field(
         default_factory=lambda: ["random_init", "raw"],
         description="Also probe a random-init model of the same architecture and/or the raw prepared input.",
@@ -80,13 +84,15 @@ def run_linear_probe(options: LinearProbeOptions, ctx: EvalContext) -> dict[str,
     def probe(train_x: Tensor, test_x: Tensor) -> float:
         return linear_probe_accuracy(train_x, train_labels, test_x, test_labels, options.C, options.max_iter)
 
-    def score(model: Any) -> float:
+    def score(model: Any, width: int | None = None) -> float:
         def emb(split: str) -> Tensor:
-            return ctx.embeddings(model, m, split, options.features, options.batch_size)
+            return ctx.embeddings(model, m, split, options.features, options.batch_size)[:, :width]
 
         return probe(emb(options.train), emb(options.test))
 
     results = {f"{prefix}_top1": score(ctx.model)}
+    for width in options.widths:
+        results[f"{prefix}_top1@{width}"] = score(ctx.model, width)
     if "random_init" in options.baselines:
         results[f"{prefix}_top1_{ctx.baseline_name}"] = score(ctx.random_model)
     if "raw" in options.baselines:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from mmssl.batch import CLEAN
 from mmssl.objectives.base import BuildInfo, ObjectiveOptions, register_objective
 from mmssl.objectives.functional import clip_loss, siglip_loss
+from mmssl.objectives.matryoshka import matryoshka_loss, nested_widths
 from mmssl.train.step import StepContext
 
 
@@ -26,6 +27,11 @@ class PairOptions(ObjectiveOptions):
     modalities: tuple[str, str] = Field(description="The two paired modalities, e.g. [image, text].")
     views: tuple[str, str] = Field((CLEAN, CLEAN), description="Which view of each modality to align.")
     gather: bool = Field(True, description="Use negatives from all processes (gathered with gradient).")
+    matryoshka: list[int] = Field(
+        default_factory=list,
+        description="Nested widths of the shared embedding (e.g. [16, 32, 64]): the loss is averaged over these "
+        "prefixes and the full width (Matryoshka); evaluate them with `widths` of knn / linear_probe.",
+    )
 
     @field_validator("modalities")
     @classmethod
@@ -71,14 +77,16 @@ class CLIP(nn.Module):
 
     partial_rows = True  # runs on every micro-batch, also without pairs (see TrainModule)
 
-    def __init__(self, inputs: list[tuple[str, str]], init_temperature: float, gather: bool) -> None:
+    def __init__(
+        self, inputs: list[tuple[str, str]], init_temperature: float, gather: bool, matryoshka: list[int] | None = None
+    ) -> None:
         super().__init__()
-        self.inputs, self.gather = inputs, gather
+        self.inputs, self.gather, self.widths = inputs, gather, list(matryoshka or [])
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
         x, y = paired_embeddings(ctx, self.inputs)
-        terms = clip_loss(x, y, self.logit_scale, gather=self.gather)
+        terms = matryoshka_loss(lambda a, b: clip_loss(a, b, self.logit_scale, gather=self.gather), x, y, self.widths)
         terms["pairs"] = torch.tensor(float(x.shape[0]), device=x.device)
         terms["temperature"] = (1.0 / self.logit_scale.detach().exp()).clamp_min(0.01)
         return terms
@@ -94,24 +102,37 @@ class SigLIP(nn.Module):
 
     partial_rows = True
 
-    def __init__(self, inputs: list[tuple[str, str]], init_scale: float, init_bias: float, gather: bool) -> None:
+    def __init__(
+        self,
+        inputs: list[tuple[str, str]],
+        init_scale: float,
+        init_bias: float,
+        gather: bool,
+        matryoshka: list[int] | None = None,
+    ) -> None:
         super().__init__()
-        self.inputs, self.gather = inputs, gather
+        self.inputs, self.gather, self.widths = inputs, gather, list(matryoshka or [])
         self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(init_bias))
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
         x, y = paired_embeddings(ctx, self.inputs)
-        terms = siglip_loss(x, y, self.logit_scale, self.logit_bias, gather=self.gather)
+
+        def loss(a: Tensor, b: Tensor) -> dict[str, Tensor]:
+            return siglip_loss(a, b, self.logit_scale, self.logit_bias, gather=self.gather)
+
+        terms = matryoshka_loss(loss, x, y, self.widths)
         terms["pairs"] = torch.tensor(float(x.shape[0]), device=x.device)
         return terms
 
 
 @register_objective("clip", CLIPOptions)
 def build_clip(options: CLIPOptions, info: BuildInfo) -> nn.Module:
-    return CLIP(options.inputs(), options.init_temperature, options.gather)
+    nested_widths(options.matryoshka, info.embed_dim)  # fail at build, not at the first step
+    return CLIP(options.inputs(), options.init_temperature, options.gather, options.matryoshka)
 
 
 @register_objective("siglip", SigLIPOptions)
 def build_siglip(options: SigLIPOptions, info: BuildInfo) -> nn.Module:
-    return SigLIP(options.inputs(), options.init_scale, options.init_bias, options.gather)
+    nested_widths(options.matryoshka, info.embed_dim)
+    return SigLIP(options.inputs(), options.init_scale, options.init_bias, options.gather, options.matryoshka)

@@ -31,7 +31,8 @@ class ObjectiveOptions(BaseModel):
         raise NotImplementedError
 
     def requirements(self) -> list[tuple[str, str]]:
-        """(modality, capability) pairs; capability is ``views``, ``pairing``, ``masking:continuous``, ..."""
+        """(modality, capability) pairs; capability is ``views``, ``local_views``, ``pairing``,
+        ``masking:continuous``, ..."""
         return []
 
     def shared_space(self) -> list[str]:
@@ -103,6 +104,7 @@ def objective_requirements_error(
         ok = {
             "views": caps.views,
             "pairing": caps.pairing,
+            "local_views": getattr(caps, "local_views", False),
             "masking": caps.masking is not None and (not detail or caps.masking == detail),
         }.get(kind)
         if ok is None:

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from mmssl.objectives.base import BuildInfo, ObjectiveOptions, register_objective
 from mmssl.objectives.functional import info_nce
+from mmssl.objectives.matryoshka import matryoshka_loss, nested_widths
 from mmssl.train.step import StepContext
 
 
@@ -24,6 +25,11 @@ class SimCLROptions(ObjectiveOptions):
     proj_dim: int = Field(128, ge=1, description="Output width of the projection head.")
     hidden_dim: int = Field(512, ge=1, description="Hidden width of the projection head.")
     gather: bool = Field(True, description="Use negatives from all processes (gathered with gradient).")
+    matryoshka: list[int] = Field(
+        default_factory=list,
+        description="Nested widths of the projection head's output: the loss is averaged over these prefixes and "
+        "the full proj_dim (Matryoshka).",
+    )
 
     def inputs(self) -> list[tuple[str, str]]:
         return [(self.modality, v) for v in self.views]
@@ -37,17 +43,26 @@ class SimCLR(nn.Module):
 
     partial_rows = False
 
-    def __init__(self, inputs: list[tuple[str, str]], projector: nn.Module, temperature: float, gather: bool) -> None:
+    def __init__(
+        self,
+        inputs: list[tuple[str, str]],
+        projector: nn.Module,
+        temperature: float,
+        gather: bool,
+        matryoshka: list[int] | None = None,
+    ) -> None:
         super().__init__()
         self.inputs, self.temperature, self.gather = inputs, temperature, gather
+        self.widths = list(matryoshka or [])
         self.projector = projector
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
         za, zb = (self.projector(ctx.encode(m, v).pooled) for m, v in self.inputs)
-        return info_nce(za, zb, self.temperature, gather=self.gather)
+        return matryoshka_loss(lambda a, b: info_nce(a, b, self.temperature, gather=self.gather), za, zb, self.widths)
 
 
 @register_objective("simclr", SimCLROptions)
 def build_simclr(options: SimCLROptions, info: BuildInfo) -> nn.Module:
+    nested_widths(options.matryoshka, options.proj_dim)  # fail at build, not at the first step
     projector = mlp_projector(info.widths[options.modality], options.hidden_dim, options.proj_dim)
-    return SimCLR(options.inputs(), projector, options.temperature, options.gather)
+    return SimCLR(options.inputs(), projector, options.temperature, options.gather, options.matryoshka)

@@ -11,6 +11,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from mmssl.batch import LOCAL_PREFIX
 from mmssl.objectives.base import BuildInfo, ObjectiveOptions, register_objective
 from mmssl.objectives.contrastive import mlp_projector
 from mmssl.objectives.noncontrastive import byol_loss, dino_center_update, dino_loss
@@ -127,10 +128,19 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.prototypes, std=0.02)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, freeze_prototypes: bool = False) -> Tensor:
+        """``freeze_prototypes``: the prototypes get a zero gradient (DINO freezes the last layer early on: it
+        stabilises training); they still take part in the graph, as DDP needs."""
         x = nn.functional.normalize(self.mlp(x), dim=-1, eps=1e-6)
-        logits = x @ nn.functional.normalize(self.prototypes, dim=-1).T.to(x.dtype)
+        prototypes = frozen(self.prototypes) if freeze_prototypes else self.prototypes
+        logits = x @ nn.functional.normalize(prototypes, dim=-1).T.to(x.dtype)
         return logits if self.scale is None else logits * self.scale
+
+
+def frozen(parameter: Tensor) -> Tensor:
+    """``parameter`` without gradient, plus ``0 * parameter``: the same values, a zero gradient (not None, so DDP
+    still sees the parameter used)."""
+    return parameter.detach() + 0.0 * parameter
 
 
 class DINOOptions(TeacherOptions):
@@ -139,6 +149,15 @@ class DINOOptions(TeacherOptions):
         ge=2,
         description="Random views view0..view{K-1}, all the same size (the plugin's augment); the teacher sees "
         "view0 and view1 (the global crops), the student sees all of them.",
+    )
+    local_views: int = Field(
+        0,
+        ge=0,
+        description="Small local crops local0..local{L-1} (multi-crop; the plugin's augment_local) seen by the "
+        "student only, matched to the teacher's distributions of the global views.",
+    )
+    freeze_last_layer_steps: int = Field(
+        0, ge=0, description="Steps at the start during which the prototypes (the head's last layer) do not train."
     )
     out_dim: int = Field(1024, ge=2, description="Number of prototypes K (DINO: 65536; smaller for tiny models).")
     hidden_dim: int = Field(512, ge=1, description="Hidden width of the head MLP (DINO: 2048).")
@@ -153,17 +172,23 @@ class DINOOptions(TeacherOptions):
 
     @property
     def views(self) -> list[str]:
-        return [f"view{i}" for i in range(self.num_views)]
+        """Every view the student sees: the global ones (the teacher sees the first two), then the local crops."""
+        return [f"view{i}" for i in range(self.num_views)] + [f"{LOCAL_PREFIX}{i}" for i in range(self.local_views)]
 
     def inputs(self) -> list[tuple[str, str]]:
         return [(self.modality, v) for v in self.views]
+
+    def requirements(self) -> list[tuple[str, str]]:
+        return [(self.modality, "views")] + ([(self.modality, "local_views")] if self.local_views else [])
 
 
 class DINO(nn.Module):
     """DINO (Caron et al. 2021): the student matches the centred, sharpened teacher distribution of other views.
 
-    Multi-crop is reduced to ``num_views`` same-size random views (the plugin's ``augment``); the teacher sees
-    the first two. The center (``[1, out_dim]``) is a buffer, updated with momentum 0.9 after each loss and
+    Multi-crop: ``num_views`` global random views (the plugin's ``augment``; the teacher sees the first two) and
+    ``local_views`` small local crops (``augment_local``) that only the student sees. During the first
+    ``freeze_last_layer_steps`` steps the prototypes get a zero gradient. The center
+    (``[1, out_dim]``) is a buffer, updated with momentum 0.9 after each loss and
     checkpointed with the weights.
     """
 
@@ -178,11 +203,13 @@ class DINO(nn.Module):
         teacher_temp: tuple[float, float, int],
         center_momentum: float,
         teacher_momentum: tuple[float, float],
+        freeze_last_layer_steps: int = 0,
     ) -> None:
         super().__init__()
         self.modality, self.views, self.head = modality, views, head
         self.inputs = [(modality, v) for v in views]
         self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.freeze_last_layer_steps = freeze_last_layer_steps
         self.warmup_teacher_temp, self.teacher_temp, self.warmup_teacher_temp_steps = teacher_temp
         base, final = teacher_momentum
         self.teacher = EMATeacher(
@@ -199,7 +226,8 @@ class DINO(nn.Module):
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
         m = self.modality
         teacher_encoder = self.teacher.ensure("encoder", ctx.model.encoders[m])
-        student = [self.head(ctx.encode(m, v).pooled).float() for v in self.views]
+        freeze = int(self.teacher.steps) < self.freeze_last_layer_steps
+        student = [self.head(ctx.encode(m, v).pooled, freeze).float() for v in self.views]
         with torch.no_grad():
             teacher = [self.teacher.head(teacher_encoder(ctx.inputs(m, v)).pooled).float() for v in self.views[:2]]
         temp = self.teacher_temperature()
@@ -218,4 +246,7 @@ def build_dino(options: DINOOptions, info: BuildInfo) -> nn.Module:
         info.widths[o.modality], o.out_dim, o.hidden_dim, o.bottleneck_dim, o.head_layers, o.norm_last_layer
     )
     temps = (o.warmup_teacher_temp, o.teacher_temp, o.warmup_teacher_temp_steps)
-    return DINO(o.modality, o.views, head, o.student_temp, temps, o.center_momentum, (o.momentum, o.final_momentum))
+    momentum = (o.momentum, o.final_momentum)
+    return DINO(
+        o.modality, o.views, head, o.student_temp, temps, o.center_momentum, momentum, o.freeze_last_layer_steps
+    )

@@ -11,13 +11,14 @@ masks, so one teacher pass serves several student passes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from mmssl.batch import CLEAN
+from mmssl.masking import block_masks
 from mmssl.modality import MaskedInput, ModalityBatch
 from mmssl.objectives.base import BuildInfo, register_objective
 from mmssl.objectives.distillation import TeacherOptions
@@ -66,12 +67,42 @@ class Data2VecOptions(TeacherOptions):
     decoder_width: int = Field(128, ge=8)
     decoder_depth: int = Field(1, ge=0, description="Decoder blocks (0: a linear head on the student tokens).")
     decoder_heads: int = Field(4, ge=1)
+    masking: Literal["random", "block"] = Field(
+        "random",
+        description="random: the plugin's random masks (mask_ratio). block: JEPA multi-block masks, a context "
+        "block the student sees and num_targets target blocks it predicts (rectangles on a plugin's 2-D token grid, "
+        "contiguous spans on 1-D sequences); needs a plugin whose masks drop tokens.",
+    )
+    num_targets: int = Field(4, ge=1, description="block masking: target blocks per row (I-JEPA: 4).")
+    target_scale: tuple[float, float] = Field((0.15, 0.2), description="block masking: area share of each target.")
+    context_scale: tuple[float, float] = Field((0.85, 1.0), description="block masking: area share of the context.")
 
     def inputs(self) -> list[tuple[str, str]]:
         return [(self.modality, self.view)]
 
     def requirements(self) -> list[tuple[str, str]]:
-        return [(self.modality, "masking")]
+        # Block masks drop tokens: continuous (drop-style) masking, refused at validate for replace-style plugins.
+        return [(self.modality, "masking:continuous" if self.masking == "block" else "masking")]
+
+
+def block_masked(
+    processor: Any,
+    masked: MaskedInput,
+    batch: ModalityBatch,
+    num_targets: int,
+    target_scale: tuple[float, float],
+    context_scale: tuple[float, float],
+) -> MaskedInput:
+    """Replace a plugin's random mask with JEPA multi-block masks on its token grid (``processor.token_grid``,
+    else a 1-D sequence of the mask's N tokens); targets stay the plugin's. See ``mmssl.masking.block_masks``.
+
+    Shapes:
+        masked.mask [B, N] -> keep [B, K] (context), mask [B, N] (target blocks).
+    """
+    b, n = masked.mask.shape
+    grid = processor.token_grid(batch) if hasattr(processor, "token_grid") else (n,)
+    blocks = block_masks(b, grid, num_targets, target_scale, context_scale=context_scale, device=masked.mask.device)
+    return MaskedInput(batch=batch.with_keep(blocks.keep), mask=blocks.target, target=masked.target)
 
 
 class Data2Vec(nn.Module):
@@ -89,6 +120,7 @@ class Data2Vec(nn.Module):
         top_k: int,
         decoder: MaskedDecoder,
         teacher: EMATeacher,
+        block: tuple[int, tuple[float, float], tuple[float, float]] | None = None,
     ) -> None:
         super().__init__()
         self.modality, self.view, self.mask_ratio, self.num_masks, self.top_k = (
@@ -100,6 +132,7 @@ class Data2Vec(nn.Module):
         )
         self.inputs = [(modality, view)]
         self.decoder, self.teacher = decoder, teacher
+        self.block = block  # (num_targets, target_scale, context_scale) of JEPA block masks; None: random masks
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
         clean = ctx.inputs(self.modality, self.view)
@@ -107,7 +140,10 @@ class Data2Vec(nn.Module):
         with torch.no_grad():
             targets = data2vec_targets(encoder_layers(teacher_encoder, clean), self.top_k, clean.padding_mask)
         student_input = repeat_batch(clean, self.num_masks)
-        masked: MaskedInput = ctx.processors[self.modality].mask(student_input, self.mask_ratio)
+        processor = ctx.processors[self.modality]
+        masked: MaskedInput = processor.mask(student_input, self.mask_ratio)
+        if self.block is not None:
+            masked = block_masked(processor, masked, student_input, *self.block)
         out = ctx.model.encode(self.modality, masked.batch)
         num_tokens = masked.mask.shape[1]
         if targets.shape[1] != num_tokens:
@@ -130,6 +166,12 @@ def build_data2vec(options: Data2VecOptions, info: BuildInfo) -> nn.Module:
     o, width = options, info.widths[options.modality]
     probe = info.processors[o.modality].mask(info.probes[o.modality], o.mask_ratio)
     drops_tokens = probe.batch.keep is not None
+    if o.masking == "block" and not drops_tokens:
+        raise ValueError(
+            f"data2vec masking: block needs modality {o.modality!r} to drop hidden tokens (images, audio, "
+            "series do; text replaces them): use masking: random"
+        )
     decoder = MaskedDecoder(width, o.decoder_width, o.decoder_depth, o.decoder_heads, width, drops_tokens)
     teacher = EMATeacher(encoders={"encoder": o.modality}, base_momentum=o.momentum, final_momentum=o.final_momentum)
-    return Data2Vec(o.modality, o.view, o.mask_ratio, o.num_masks, o.top_k, decoder, teacher)
+    block = (o.num_targets, o.target_scale, o.context_scale) if o.masking == "block" else None
+    return Data2Vec(o.modality, o.view, o.mask_ratio, o.num_masks, o.top_k, decoder, teacher, block)

@@ -16,7 +16,7 @@ from mmssl_image.processor import ImageProcessor, build_processor, compute_stats
 plugin = ModalityPlugin(
     name="image",
     description="Images (PNG/JPEG/any PIL format, .npy, arrays): SimCLR views, MAE patch masking, ViT encoder.",
-    capabilities=Capabilities(views=True, masking="continuous", pairing=True),
+    capabilities=Capabilities(views=True, masking="continuous", pairing=True, local_views=True),
     options=ImageOptions,
     build_processor=build_processor,
     load_processor=load_processor,

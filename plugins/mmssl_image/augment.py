@@ -111,19 +111,23 @@ def gaussian_blur(image: Tensor, rng: np.random.Generator) -> Tensor:
     return TF.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
 
 
-def random_view(image: Tensor, options: ImageOptions, rng: np.random.Generator) -> Tensor:
+def random_view(
+    image: Tensor, options: ImageOptions, rng: np.random.Generator, local: bool = False
+) -> Tensor:
     """A SimCLR view without normalisation: resized crop, flip, colour jitter, greyscale, blur.
 
     Args:
         image: Decoded image in [0, 1] with ``options.channels`` channels.
         options: Crop scale, probabilities and jitter strength.
         rng: The only source of randomness.
+        local: A small local crop (DINO's multi-crop): ``local_crop_scale`` resized to ``local_size``.
 
     Shapes:
-        image: [C, H, W] -> [C, image_size, image_size]
+        image: [C, H, W] -> [C, S, S] with S = image_size (or local_size when ``local``)
     """
-    size = options.image_size
-    top, left, h, w = sample_crop_box(image.shape[-2], image.shape[-1], options.crop_scale, rng)
+    size = options.local_size if local else options.image_size
+    scale = options.local_crop_scale if local else options.crop_scale
+    top, left, h, w = sample_crop_box(image.shape[-2], image.shape[-1], scale, rng)
     image = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
     if options.flip and rng.random() < 0.5:
         image = TF.horizontal_flip(image)

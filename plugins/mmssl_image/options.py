@@ -55,6 +55,15 @@ class ImageOptions(BaseModel):
     crop_scale: tuple[float, float] = Field(
         (0.2, 1.0), description="Area range (fraction of the image) of the random resized crop."
     )
+    local_crop_scale: tuple[float, float] = Field(
+        (0.05, 0.35), description="Area range of DINO's small local crops (views local0, local1, ...)."
+    )
+    local_crop_size: int | None = Field(
+        None,
+        gt=0,
+        description="Side of the local crops in pixels; None: 3/7 of image_size (DINO's 96 of 224) rounded to a "
+        "multiple of patch_size.",
+    )
     flip: bool = Field(
         False,
         description="Flip views horizontally with probability 0.5. Off by default: a mirrored digit, letter, "
@@ -92,9 +101,14 @@ class ImageOptions(BaseModel):
             raise ValueError(
                 f"width must be divisible by 4 (ViT: 2-D sine-cosine positions; ResNet: stage widths), got {self.width}"
             )
-        lo, hi = self.crop_scale
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        for name in ("crop_scale", "local_crop_scale"):
+            lo, hi = getattr(self, name)
+            if not 0.0 < lo <= hi <= 1.0:
+                raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {getattr(self, name)}")
+        if self.local_crop_size is not None and self.local_crop_size % self.patch_size:
+            raise ValueError(
+                f"local_crop_size {self.local_crop_size} must be a multiple of patch_size {self.patch_size}"
+            )
         return self
 
     @property
@@ -103,6 +117,13 @@ class ImageOptions(BaseModel):
         if self.encoder != "auto":
             return self.encoder
         return "resnet" if self.image_size <= RESNET_MAX_SIZE else "vit"
+
+    @property
+    def local_size(self) -> int:
+        """Side of the local crops: ``local_crop_size`` or 3/7 of ``image_size`` in whole patches (at least one)."""
+        if self.local_crop_size is not None:
+            return self.local_crop_size
+        return max(1, round(self.image_size * 3 / 7 / self.patch_size)) * self.patch_size
 
     @property
     def grid(self) -> int:

@@ -71,6 +71,14 @@ class ImageProcessor:
         """
         return self.normalize(random_view(self._check(sample), self.options, rng))
 
+    def augment_local(self, sample: Tensor, rng: np.random.Generator) -> Tensor:
+        """A small random local crop (DINO's multi-crop), normalised; all randomness comes from ``rng``.
+
+        Shapes:
+            sample: [C, H, W] decoded -> [C, local_size, local_size]
+        """
+        return self.normalize(random_view(self._check(sample), self.options, rng, local=True))
+
     def collate(self, samples: list[Tensor]) -> ModalityBatch:
         """Stack prepared or augmented samples.
 
@@ -114,6 +122,11 @@ class ImageProcessor:
         b, n = target.shape[:2]
         keep, hidden = random_keep(b, n, ratio, device=images.device, generator=generator)
         return MaskedInput(batch=batch.with_keep(keep), mask=hidden, target=target)
+
+    def token_grid(self, batch: ModalityBatch) -> tuple[int, int]:
+        """(rows, cols) of the patch grid of a batch, in the encoder's row-major token order (block masking)."""
+        h, w = batch.data.shape[-2:]
+        return h // self.options.patch_size, w // self.options.patch_size
 
     def normalize(self, image: Tensor) -> Tensor:
         """(image - mean) / std per channel. Shapes: [C, H, W] or [B, C, H, W] -> same."""
