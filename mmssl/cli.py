@@ -1,4 +1,4 @@
-"""Command line: ``mmssl train | eval | embed | finetune | export | validate | modalities``.
+"""Command line: ``mmssl init | train | eval | embed | finetune | export | validate | modalities``.
 
 Exit codes: 0 done; 1 an error (one message naming the file and what to do; ``--debug`` or ``MMSSL_DEBUG=1`` shows
 the traceback); 2 a bad recipe or option, or a data file it names that is missing or unreadable; 75 training
@@ -360,14 +360,77 @@ def export(
 
 
 @app.command()
-def modalities() -> None:
-    """List registered modality plugins and their capabilities."""
+def modalities(
+    options: Annotated[
+        str | None, typer.Option("--options", help="Print every option of this modality plugin (type, default).")
+    ] = None,
+) -> None:
+    """List registered modality plugins and their capabilities, or one plugin's options."""
     from mmssl.plugins import MODALITIES
 
+    if options is not None:
+        _print_options(options)
+        return
     for _, plugin in MODALITIES.items():
         typer.echo(f"{plugin.name:12s} {plugin.capabilities.describe():45s} {plugin.description}")
     for name, reason in MODALITIES.failed.items():
         typer.secho(f"{name:12s} (failed) {reason}", fg=typer.colors.YELLOW)
+
+
+@app.command()
+def init(
+    target: Annotated[
+        str, typer.Argument(help="A manifest (.csv/.jsonl/.parquet), a folder of class subfolders, or a source name.")
+    ],
+    source_options: Annotated[
+        list[str] | None, typer.Argument(help="key=value options of a source, e.g. name=OSULeaf for ucr_uea.")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Recipe file to write.")] = Path("recipe.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing recipe file.")] = False,
+) -> None:
+    """Look at a dataset and write a commented starter recipe for it (modalities, sizes, classes, splits)."""
+    import yaml
+
+    from mmssl.init import InitError, init_folder, init_manifest, init_source
+    from mmssl.plugins import load_entry_points
+    from mmssl.registry import RegistryError
+
+    if output.exists() and not force:
+        _fail(f"{output} exists; pass --force to overwrite it")
+    load_entry_points()
+    path = Path(target)
+    try:
+        if path.is_file():
+            written = init_manifest(path, output)
+        elif path.is_dir():
+            written = init_folder(path, output)
+        else:
+            options = {}
+            for item in source_options or []:
+                if "=" not in item:
+                    _fail(f"source option {item!r}: expected key=value")
+                key, value = item.split("=", 1)
+                options[key] = yaml.safe_load(value)
+            written = init_source(target, options, output)
+    except (InitError, RegistryError, FileNotFoundError, ValueError) as err:
+        _fail(f"mmssl init {target}: {err}")
+    typer.echo(f"wrote {written}; check it with `mmssl validate {written}`")
+
+
+def _print_options(name: str) -> None:
+    from mmssl.plugins import get_modality
+    from mmssl.registry import RegistryError
+    from mmssl.schema import describe_options
+
+    try:
+        plugin = get_modality(name)
+    except RegistryError as err:
+        _fail(str(err))
+    typer.echo(f"modalities.<name>.options of plugin {plugin.name!r} ({plugin.options.__name__}):")
+    for row in describe_options(plugin.options):
+        typer.echo(f"  {row.name}: {row.type} = {row.default}")
+        if row.description:
+            typer.echo(f"      {row.description}")
 
 
 def main() -> None:

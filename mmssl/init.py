@@ -1,0 +1,492 @@
+"""``mmssl init``: look at a dataset and write a commented starter recipe for it.
+
+A dataset is a manifest (.csv / .jsonl / .parquet), a folder of class subfolders, or a registered source with its
+options. Each column is classified from its values (image / audio / series / SMILES / text, a label or a split
+column), the sizes are read from a sample of rows (image side and channels, series length and channels, text
+length), and the recipe gets the defaults of ``docs/defaults.md`` with a comment on each choice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
+SERIES_SUFFIXES = {".csv", ".parquet"}
+MANIFEST_SUFFIXES = {".csv", ".jsonl", ".parquet"}
+LABEL_NAMES = {"label", "labels", "class", "classes", "target", "y", "category", "species", "genre"}
+SPLIT_NAMES = {"split", "fold", "subset", "partition", "set"}
+SPLIT_VALUES = {"train", "test", "val", "valid", "validation", "dev", "eval"}
+_SMILES = re.compile(r"^[A-Za-z0-9@+\-\[\]\(\)=#$/\\%.:*]+$")
+#: Rows read to detect kinds and sizes.
+SAMPLE_ROWS = 200
+
+
+class InitError(ValueError):
+    """The dataset cannot be described (no file, no usable column)."""
+
+
+@dataclass
+class Column:
+    """What ``mmssl init`` found in one column.
+
+    Attributes:
+        name: Column name.
+        kind: ``image``, ``audio``, ``timeseries``, ``text``, ``graph`` (SMILES), ``label`` or ``split``.
+        sizes: What the recipe needs about its values (image side, channels, series length, ...).
+    """
+
+    name: str
+    kind: str
+    sizes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Profile:
+    """A dataset as ``mmssl init`` sees it: its columns, classes and splits."""
+
+    rows: int
+    columns: list[Column]
+    class_names: list[str] | None = None
+    splits: dict[str, int] = field(default_factory=dict)
+
+    def of_kind(self, *kinds: str) -> list[Column]:
+        return [c for c in self.columns if c.kind in kinds]
+
+
+def read_manifest_rows(file: Path) -> list[dict[str, Any]]:
+    """All rows of a .csv / .jsonl / .parquet manifest, as dicts."""
+    if file.suffix == ".jsonl":
+        rows = []
+        for line_no, line in enumerate(file.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise InitError(f"{file}:{line_no}: not valid JSON ({err.msg})") from err
+        return rows
+    if file.suffix == ".csv":
+        with file.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+    if file.suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(file).to_dict("records")
+    raise InitError(f"{file}: expected a .csv, .jsonl or .parquet manifest")
+
+
+def classify(name: str, values: list[Any], base: Path) -> Column | None:
+    """The kind of one column from its name and a sample of its non-missing values (None: not usable)."""
+    if not values:
+        return None
+    lowered = name.lower()
+    strings = [v for v in values if isinstance(v, str)]
+    if lowered in SPLIT_NAMES and strings and {s.lower() for s in strings} <= SPLIT_VALUES:
+        return Column(name, "split")
+    if lowered in LABEL_NAMES:
+        return Column(name, "label")
+    if isinstance(values[0], str | Path) and all(isinstance(v, str | Path) for v in values):
+        suffixes = {Path(str(v)).suffix.lower() for v in values}
+        if suffixes <= IMAGE_SUFFIXES:
+            return Column(name, "image", _image_sizes([_path(v, base) for v in values]))
+        if suffixes <= AUDIO_SUFFIXES:
+            return Column(name, "audio", {"path": True})
+        if suffixes <= {".npy"}:
+            arrays = [np.load(_path(v, base), allow_pickle=False) for v in values[:SAMPLE_ROWS]]
+            return _array_column(name, arrays, path=True)
+        if suffixes <= SERIES_SUFFIXES:
+            from mmssl_timeseries.decode import decode_series
+
+            arrays = [decode_series(_path(v, base), _channels_of_table(_path(v, base))) for v in values[:20]]
+            return _array_column(name, arrays, path=True, series=True)
+        if all(_looks_like_smiles(s) for s in strings):
+            return Column(name, "graph")
+        if all(isinstance(v, str) for v in values):
+            words = [len(v.split()) for v in strings]
+            distinct = len(set(strings))
+            if max(words) <= 3 and distinct <= max(2, len(strings) // 5):
+                return Column(name, "label")  # a few short names repeated: a class column
+            return Column(name, "text", {"max_words": int(np.percentile(words, 95))})
+        return None
+    if all(isinstance(v, list | tuple | np.ndarray) for v in values):
+        arrays = [np.asarray(v, dtype=np.float32) for v in values[:SAMPLE_ROWS]]
+        return _array_column(name, arrays, path=False)
+    if all(isinstance(v, int | np.integer) for v in values) and len(set(values)) <= max(2, len(values) // 5):
+        return Column(name, "label")
+    return None
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value == "") or (isinstance(value, float) and np.isnan(value))
+
+
+def _path(value: Any, base: Path) -> Path:
+    path = Path(str(value))
+    return path if path.is_absolute() else base / path
+
+
+def _channels_of_table(file: Path) -> int:
+    """Columns of a .csv / .parquet series file (one channel each)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(file) if file.suffix == ".parquet" else pd.read_csv(file, header=None, nrows=2)
+    return int(frame.shape[1])
+
+
+def _looks_like_smiles(text: str) -> bool:
+    if not text or " " in text or not _SMILES.match(text) or not re.search(r"[CNOcnoSP]", text):
+        return False
+    try:
+        from rdkit import Chem, RDLogger
+
+        RDLogger.DisableLog("rdApp.*")
+        return Chem.MolFromSmiles(text) is not None
+    except ImportError:
+        return len(text) > 1 and not text.isalpha()
+
+
+def _image_sizes(paths: list[Path]) -> dict[str, Any]:
+    from PIL import Image
+
+    sides, modes = [], Counter()
+    for path in paths[:50]:
+        with Image.open(path) as image:
+            sides.append(min(image.size))
+            modes[image.mode] += 1
+    grey = all(m in ("L", "1", "I;16", "I") for m in modes)
+    return {"side": int(np.median(sides)), "channels": 1 if grey else 3}
+
+
+def _array_column(name: str, arrays: list[np.ndarray], path: bool, series: bool = False) -> Column:
+    """Arrays of rank 1 are univariate series; rank 2 [C, L] with few channels and long L are series; others are
+    images ([H, W] or [H, W, C])."""
+    ranks = {a.ndim for a in arrays}
+    first = arrays[0]
+    if series or ranks == {1} or (ranks == {2} and first.shape[0] <= 16 and first.shape[1] >= 4 * first.shape[0]):
+        channels = 1 if first.ndim == 1 else int(first.shape[0])
+        lengths = [a.shape[-1] for a in arrays]
+        return Column(name, "timeseries", {"channels": channels, "length": int(max(lengths)), "path": path})
+    side = int(np.median([min(a.shape[:2]) for a in arrays]))
+    channels = 1 if first.ndim == 2 or first.shape[-1] in (1, 2) else 3
+    return Column(name, "image", {"side": side, "channels": channels, "path": path})
+
+
+def profile_rows(rows: list[dict[str, Any]], base: Path, class_names: list[str] | None = None) -> Profile:
+    """Classify every column of ``rows`` from up to ``SAMPLE_ROWS`` of them (rows spread over the file)."""
+    if not rows:
+        raise InitError("the dataset has no rows")
+    step = max(1, len(rows) // SAMPLE_ROWS)
+    sample = rows[::step][:SAMPLE_ROWS]
+    names = list(dict.fromkeys(k for row in sample for k in row))
+    columns = []
+    for name in names:
+        values = [row[name] for row in sample if not _missing(row.get(name))]
+        column = classify(name, values, base)
+        if column is not None:
+            columns.append(column)
+    labels = [c for c in columns if c.kind == "label"]
+    for extra in labels[1:]:  # one label column: the first; others are dropped
+        columns.remove(extra)
+    if labels and class_names is None:
+        found = sorted({str(row[labels[0].name]) for row in rows if not _missing(row.get(labels[0].name))})
+        class_names = found
+    splits: dict[str, int] = {}
+    for column in columns:
+        if column.kind == "split":
+            splits = dict(Counter(str(row.get(column.name)).lower() for row in rows))
+    if not [c for c in columns if c.kind not in ("label", "split")]:
+        raise InitError(f"no column holds images, audio, series, SMILES or text; columns are {names}")
+    return Profile(len(rows), columns, class_names, splits)
+
+
+# ------------------------------------------------------------------------------------------------ recipe text
+
+
+def _image_block(column: Column) -> list[str]:
+    side, channels = column.sizes["side"], column.sizes["channels"]
+    size = min(side, 224) if side >= 16 else 16
+    patch = 4 if size <= 32 else (8 if size <= 64 else 16)
+    size -= size % patch
+    return [
+        f"    column: {column.name}",
+        "    options:",
+        f"      image_size: {size}        # median shorter side of the images is {side} px (capped at 224)",
+        f"      patch_size: {patch}        # {(size // patch) ** 2} patch tokens",
+        f"      channels: {channels}          # {'greyscale' if channels == 1 else 'colour'} images",
+        "      encoder: auto       # a ResNet up to 64 px (learns fast from small data), a ViT above",
+        "      width: 128",
+        "      crop_scale: [0.35, 1.0]",
+        "      flip: false         # mirrored digits, text or scans can be another class; set true for photos",
+    ]
+
+
+def _series_block(column: Column) -> list[str]:
+    channels, length = column.sizes["channels"], column.sizes["length"]
+    patch = max(2, min(16, length // 12))
+    return [
+        f"    column: {column.name}",
+        "    options:",
+        f"      channels: {channels}",
+        f"      max_length: {length}      # longest series seen",
+        f"      patch_len: {patch}        # {-(-length // patch)} tokens per channel",
+        "      instance_norm: false # keep each series' level and scale (they often carry the class) ...",
+        "      dataset_norm: true   # ... on one scale: per-channel mean/std of the training set",
+        "      width: 64",
+        "      depth: 3",
+        "      heads: 4",
+        "      pool: mean",
+        "      crop_scale: [0.7, 1.0]",
+        "      crop_p: 0.8",
+    ]
+
+
+def _text_block(column: Column, rows: int) -> list[str]:
+    words = column.sizes.get("max_words", 32)
+    return [
+        f"    column: {column.name}",
+        "    options:",
+        f"      vocab_size: {int(min(8000, max(400, rows // 2)))}    # a tokenizer trained on the training texts",
+        f"      max_length: {int(min(256, max(16, 2 * words)))}      # about twice the 95th percentile of words",
+        "      width: 128",
+        "      depth: 2",
+        "      heads: 4",
+    ]
+
+
+def _graph_block(column: Column) -> list[str]:
+    return [
+        f"    column: {column.name}",
+        "    options:",
+        "      gnn: gin",
+        "      width: 128",
+        "      layers: 3",
+        "      pooling: add        # sum over atoms keeps molecule size, which many properties track",
+    ]
+
+
+def _audio_block(column: Column) -> list[str]:
+    return [f"    column: {column.name}", "    options:", "      width: 96", "      depth: 2", "      heads: 4"]
+
+
+_OBJECTIVES = {
+    "image": ["  - {name: simclr, modality: %s, temperature: 0.2, weight: 1.0}"],
+    "timeseries": [
+        "  - {name: simclr, modality: %s, temperature: 0.2, weight: 1.0}",
+        "  - {name: mae, modality: %s, mask_ratio: 0.5, decoder_width: 64, decoder_depth: 1, decoder_heads: 4}",
+    ],
+    "text": ["  - {name: mlm, modality: %s, mask_ratio: 0.15, weight: 1.0}"],
+    "graph": [
+        "  - {name: simclr, modality: %s, temperature: 0.2, weight: 1.0}",
+        "  - {name: mlm, modality: %s, mask_ratio: 0.25, decoder_depth: 0, weight: 1.0}",
+    ],
+    "audio": ["  - {name: mae, modality: %s, mask_ratio: 0.75, decoder_width: 64, decoder_depth: 1, weight: 1.0}"],
+}
+
+
+def recipe_text(name: str, profile: Profile, data: dict[str, str], origin: str) -> str:
+    """The starter recipe for ``profile``; ``data`` maps split name -> the YAML flow mapping of its source."""
+    inputs = profile.of_kind("image", "audio", "timeseries", "text", "graph")
+    modality_names = _modality_names(inputs)
+    train_rows = profile.splits.get("train", profile.rows)
+    batch = int(min(256, max(8, 2 ** int(np.log2(max(8, train_rows // 4))))))
+    steps = int(min(3000, max(200, 50 * train_rows // batch)))
+    lines = [
+        f"# Starter recipe written by `mmssl init {origin}`: edit freely, then",
+        f"#   mmssl validate {name}.yaml && mmssl train {name}.yaml --output runs/{name}",
+        f"# Found: {profile.rows} rows; columns "
+        + ", ".join(f"{c.name} ({c.kind})" for c in profile.columns)
+        + (f"; {len(profile.class_names)} classes" if profile.class_names else "; no label column")
+        + (f"; splits {profile.splits}" if profile.splits else ""),
+        f"name: {name}",
+        "seed: 0",
+        "",
+        "data:",
+    ]
+    lines += [f"  {split}: {entry}" for split, entry in data.items()]
+    lines += ["", "modalities:"]
+    blocks = {"image": _image_block, "timeseries": _series_block, "graph": _graph_block, "audio": _audio_block}
+    for column, modality in zip(inputs, modality_names, strict=True):
+        lines.append(f"  {modality}:")
+        if modality != column.kind:
+            lines.append(f"    plugin: {column.kind}")
+        body = _text_block(column, profile.rows) if column.kind == "text" else blocks[column.kind](column)
+        lines += body
+    width = 64 if all(c.kind == "timeseries" for c in inputs) else 128
+    lines += ["", "model:", f"  embed_dim: {width}", "", "objectives:"]
+    for column, modality in zip(inputs, modality_names, strict=True):
+        lines += [template.replace("%s", modality) for template in _OBJECTIVES[column.kind]]
+    if len(inputs) > 1:
+        lines.append(f"  # the modalities are paired row by row: align each to {modality_names[0]}")
+        for other in modality_names[1:]:
+            lines.append(f"  - {{name: clip, modalities: [{modality_names[0]}, {other}], weight: 1.0}}")
+    lines += [
+        "",
+        "train:",
+        f"  steps: {steps}         # about {max(1, steps * batch // max(1, train_rows))} epochs of {train_rows} rows",
+        f"  batch_size: {batch}",
+        "  lr: 1.0e-3",
+        "  weight_decay: 0.05",
+        f"  warmup_steps: {max(1, steps // 10)}",
+        "  schedule: cosine",
+        f"  log_every: {max(1, steps // 20)}",
+        "  checkpoint_every: 0",
+    ]
+    if profile.class_names and "test" in data:
+        lines += ["", "evaluations:  # k-NN (similarity-weighted) and a linear probe, beside random init and raw input"]
+        k = 5 if train_rows < 1000 else 20
+        for modality in modality_names:
+            lines.append(f"  - {{name: knn, modality: {modality}, bank: train, query: test, k: {k}}}")
+            lines.append(f"  - {{name: linear_probe, modality: {modality}, train: train, test: test}}")
+    elif profile.class_names:
+        lines += ["", "# evaluations: add a `test` split to data: to score k-NN and a linear probe on held-out rows"]
+    return "\n".join(lines) + "\n"
+
+
+def _modality_names(columns: list[Column]) -> list[str]:
+    counts = Counter(c.kind for c in columns)
+    seen: Counter[str] = Counter()
+    names = []
+    for column in columns:
+        seen[column.kind] += 1
+        names.append(column.kind if counts[column.kind] == 1 else f"{column.kind}_{column.name}")
+    return names
+
+
+def _flow(entry: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {json.dumps(v) if isinstance(v, str) else v}" for k, v in entry.items()) + "}"
+
+
+# ------------------------------------------------------------------------------------------------ entry points
+
+
+def init_manifest(file: Path, output: Path, name: str | None = None) -> Path:
+    """Write a starter recipe for a manifest; a split column splits it into train/test manifests next to the
+    recipe (paths made absolute) unless the manifest source filters splits itself."""
+    from mmssl.data.sources import ManifestOptions
+
+    file = file.resolve()
+    rows = read_manifest_rows(file)
+    profile = profile_rows(rows, file.parent)
+    path_columns = [c.name for c in profile.columns if c.sizes.get("path") or c.kind in ("image", "audio")]
+    label = next((c.name for c in profile.columns if c.kind == "label"), None)
+    split = next((c.name for c in profile.columns if c.kind == "split"), None)
+    entry: dict[str, Any] = {"source": "manifest", "path": str(file)}
+    if path_columns:
+        entry["path_columns"] = path_columns
+    if label:
+        entry["label_column"] = label
+    data: dict[str, str] = {}
+    if split and {"train", "test"} <= set(profile.splits):
+        if "split_column" in ManifestOptions.model_fields and "split" in ManifestOptions.model_fields:
+            for part in ("train", "test"):
+                data[part] = _flow({**entry, "split_column": split, "split": part})
+        else:
+            for part in ("train", "test"):
+                part_file = output.parent / f"{output.stem}.{part}.jsonl"
+                subset = [_absolute(r, path_columns, file.parent) for r in rows if str(r.get(split)).lower() == part]
+                _write_jsonl(part_file, subset)
+                data[part] = _flow({**entry, "path": str(part_file.resolve())})
+    else:
+        data["train"] = _flow(entry)
+    return _write(output, recipe_text(name or output.stem, profile, data, str(file)))
+
+
+def init_folder(folder: Path, output: Path, name: str | None = None, test_share: float = 0.2) -> Path:
+    """Write manifests (``<output stem>.train.csv`` / ``.test.csv``, a stratified ``test_share`` held out with seed
+    0) for a folder of class subfolders of files, and a starter recipe that reads them."""
+    folder = folder.resolve()
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise InitError(f"{folder}: expected one subfolder per class (e.g. {folder}/cat/001.png)")
+    rng = np.random.default_rng(0)
+    parts: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
+    for label in classes:
+        files = sorted(str(p) for p in (folder / label).rglob("*") if p.is_file() and not p.name.startswith("."))
+        order = rng.permutation(len(files))
+        held = int(round(len(files) * test_share))
+        for rank, index in enumerate(order):
+            parts["test" if rank < held else "train"].append({"file": files[index], "label": label})
+    data = {}
+    for part, rows in parts.items():
+        part_file = output.parent / f"{output.stem}.{part}.csv"
+        _write_csv(part_file, rows)
+        data[part] = _flow(
+            {"source": "manifest", "path": str(part_file.resolve()), "path_columns": ["file"], "label_column": "label"}
+        )
+    profile = profile_rows(parts["train"] + parts["test"], folder)
+    profile.splits = {part: len(rows) for part, rows in parts.items()}
+    return _write(output, recipe_text(name or output.stem, profile, data, str(folder)))
+
+
+def init_source(source: str, options: dict[str, Any], output: Path, name: str | None = None) -> Path:
+    """Write a starter recipe for a registered source (``ucr_uea`` with ``name=OSULeaf``, ...); a source with a
+    ``split`` option gets its train and test splits."""
+    from mmssl.data.sources import SOURCES
+
+    kind = SOURCES.get(source)
+    split_field = kind.options.model_fields.get("split")
+    has_test = split_field is not None and "test" in str(split_field.annotation)
+    train_options = {**options, "split": "train"} if has_test else options
+    loaded = kind.load(kind.options.model_validate(train_options), Path("."))
+    profile = profile_rows(loaded.rows, Path("."), loaded.class_names)
+    if not any(c.kind == "label" for c in profile.columns) and loaded.class_names:
+        profile.class_names = list(loaded.class_names)
+    data = {"train": _flow({"source": source, **train_options})}
+    if has_test:
+        data["test"] = _flow({"source": source, **options, "split": "test"})
+        profile.splits = {"train": len(loaded.rows)}
+    label = "label" if any(r.get("label") is not None for r in loaded.rows[:10]) else None
+    if label and profile.class_names is None:
+        profile.class_names = sorted({str(r["label"]) for r in loaded.rows})
+    origin = " ".join([source, *(f"{k}={v}" for k, v in options.items())])
+    text = recipe_text(name or output.stem, profile, data, origin)
+    return _write(output, text)
+
+
+def _absolute(row: dict[str, Any], path_columns: list[str], base: Path) -> dict[str, Any]:
+    return {k: (str(_path(v, base)) if k in path_columns and not _missing(v) else v) for k, v in row.items()}
+
+
+def _write_jsonl(file: Path, rows: list[dict[str, Any]]) -> None:
+    _atomic(file, "".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _write_csv(file: Path, rows: list[dict[str, Any]]) -> None:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["file", "label"])
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic(file, buffer.getvalue())
+
+
+def _write(output: Path, text: str) -> Path:
+    _atomic(output, text)
+    return output
+
+
+def _atomic(file: Path, text: str) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+    os.replace(tmp, file)
