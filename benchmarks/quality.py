@@ -1,0 +1,153 @@
+"""Quality benchmark: train recipes at their stated budget and tabulate kNN and linear-probe accuracy beside
+random init, raw input and chance (``make bench-quality`` -> docs/benchmarks.md).
+
+Every recipe runs as shipped (its ``train.steps`` is the budget), with a kNN and a linear-probe evaluation added
+for each modality its recipe already evaluates, so every row has both. Runs go one at a time; each one's wall
+time (training and evaluation) is in the table, the commit and the total wall time in the header.
+
+    python benchmarks/quality.py                          # every recipe in RECIPES -> docs/benchmarks.md
+    python benchmarks/quality.py --only quickstart --output /tmp/bench.md
+    python benchmarks/quality.py --override train.steps=100   # a smaller budget for a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: (recipe, what a comparable published result says; empty when none is comparable).
+RECIPES: list[tuple[str, str]] = [
+    (
+        "recipes/quickstart.yaml",
+        "Xiao et al. 2017 (arXiv:1708.07747): best scikit-learn classifier on raw pixels (RBF SVC) 0.897",
+    ),
+    ("recipes/families/barlow_fashion_mnist.yaml", ""),
+    ("recipes/families/byol_fashion_mnist.yaml", ""),
+    ("recipes/families/dino_fashion_mnist.yaml", ""),
+    ("recipes/families/vicreg_fashion_mnist.yaml", ""),
+    ("recipes/families/data2vec_fashion_mnist.yaml", ""),
+    ("recipes/families/vicreg_gunpoint.yaml", ""),
+    ("recipes/timeseries/gunpoint.yaml", "UCR archive (Dau et al. 2019): 1-NN Euclidean distance on GunPoint, 0.913"),
+    ("recipes/timeseries/basicmotions.yaml", ""),
+    ("recipes/graph/molecules_pretrain.yaml", ""),
+]
+
+
+def with_both_evaluations(tree: dict) -> dict:
+    """Add a knn and a linear_probe evaluation for every modality and split pair that has only one of them."""
+    evaluations = list(tree.get("evaluations") or [])
+    have = {(e["name"], e.get("modality")) for e in evaluations}
+    for e in list(evaluations):
+        if e["name"] == "knn" and ("linear_probe", e["modality"]) not in have:
+            evaluations.append({"name": "linear_probe", "modality": e["modality"], "train": e.get("bank", "train"),
+                                "test": e.get("query", "test")})
+        if e["name"] == "linear_probe" and ("knn", e["modality"]) not in have:
+            evaluations.append({"name": "knn", "modality": e["modality"], "bank": e.get("train", "train"),
+                                "query": e.get("test", "test")})
+    tree["evaluations"] = evaluations
+    return tree
+
+
+def run_recipe(recipe: Path, out: Path, overrides: list[str]) -> tuple[dict[str, float], float, dict]:
+    """Train and evaluate one recipe; returns (eval.json, wall seconds, the recipe tree it ran)."""
+    tree = with_both_evaluations(yaml.safe_load(recipe.read_text()))
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=recipe.parent, delete=False) as handle:
+        yaml.safe_dump(tree, handle, sort_keys=False)  # same folder: relative paths keep resolving
+        temporary = Path(handle.name)
+    try:
+        start = time.time()
+        command = [sys.executable, "-m", "mmssl.cli", "train", str(temporary), *overrides, "--output", str(out)]
+        subprocess.run(command, check=True, cwd=ROOT)
+        wall = time.time() - start
+    finally:
+        temporary.unlink(missing_ok=True)
+    return json.loads((out / "eval.json").read_text()), wall, yaml.safe_load((out / "recipe.yaml").read_text())
+
+
+def rows_of(name: str, results: dict[str, float], wall: float, tree: dict, published: str) -> list[str]:
+    train = tree["train"]
+    budget = f"{train['steps']} x {train['batch_size']}"
+    lines = []
+    for e in tree["evaluations"]:
+        if e["name"] != "knn":
+            continue
+        prefix_knn = e.get("prefix") or "knn"
+        probes = [p for p in tree["evaluations"] if p["name"] == "linear_probe" and p["modality"] == e["modality"]]
+        probe = probes[0] if probes else None
+        prefix_probe = (probe or {}).get("prefix") or "linear_probe"
+
+        def get(key: str) -> str:
+            value = results.get(key)
+            return "" if value is None else f"{value:.3f}"
+
+        cells = [
+            name, e["modality"], budget, f"{wall / 60:.1f} min",
+            get(f"{prefix_knn}_top1"), get(f"{prefix_knn}_top1_random_init") or get(f"{prefix_knn}_top1_released"),
+            get(f"{prefix_knn}_top1_raw"),
+            get(f"{prefix_probe}_top1"),
+            get(f"{prefix_probe}_top1_random_init") or get(f"{prefix_probe}_top1_released"),
+            get(f"{prefix_probe}_top1_raw"), get(f"{prefix_knn}_chance"), published,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-quality")
+    parser.add_argument("--only", action="append", default=[], help="Run only recipes whose path contains this.")
+    parser.add_argument("--override", action="append", default=[], help="key=value for every recipe.")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    selected = [(r, p) for r, p in RECIPES if not args.only or any(o in r for o in args.only)]
+    lines: list[str] = []
+    start = time.time()
+    for recipe, published in selected:
+        name = Path(recipe).stem
+        results, wall, tree = run_recipe(ROOT / recipe, args.runs / name, args.override)
+        lines += rows_of(name, results, wall, tree, published)
+        print(lines[-1], flush=True)
+    total = time.time() - start
+    header = [
+        "| recipe | modality | steps x batch | wall | kNN | kNN random init | kNN raw | probe | probe random init "
+        "| probe raw | chance | published (comparable) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    table = "\n".join(header + lines)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = (
+        f"<!-- generated by `make bench-quality` (benchmarks/quality.py) at commit {commit.strip()}, {stamp}, "
+        f"total wall time {total / 60:.1f} min on {os.cpu_count()} CPUs; overrides {args.override or 'none'} -->\n"
+        f"{table}\n"
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    marker_start, marker_end = "<!-- bench-quality:start -->", "<!-- bench-quality:end -->"
+    if args.output.exists() and marker_start in args.output.read_text():
+        old = args.output.read_text()
+        head, rest = old.split(marker_start, 1)
+        tail = rest.split(marker_end, 1)[1] if marker_end in rest else ""
+        new = f"{head}{marker_start}\n{text}{marker_end}{tail}"
+    else:
+        new = f"# Quality benchmark\n\n{marker_start}\n{text}{marker_end}\n"
+    tmp = args.output.with_name(f".{args.output.name}.tmp")
+    tmp.write_text(new)
+    tmp.replace(args.output)
+    print(f"wrote {args.output} ({total / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
