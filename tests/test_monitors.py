@@ -120,6 +120,7 @@ def tiny_tree(objectives: list[dict], **train: object) -> dict:
             "image": {
                 "options": {
                     "image_size": 28,
+                    "encoder": "vit",  # the collapse check reads the transformer's final norm
                     "patch_size": 7,
                     "channels": 1,
                     "width": 32,

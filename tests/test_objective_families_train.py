@@ -19,7 +19,10 @@ from mmssl.build import Plan
 from mmssl.compiler import compile_recipe
 from mmssl.train.trainer import train
 
-IMAGE = {"image_size": 28, "patch_size": 7, "channels": 1, "width": 32, "depth": 1, "heads": 2, "stats_samples": 128}
+IMAGE = {
+    "image_size": 28, "patch_size": 7, "channels": 1, "width": 32, "depth": 1, "heads": 2, "stats_samples": 128,
+    "encoder": "vit",  # the families were tuned with the ViT, and data2vec reads its blocks
+}
 TEXT = {"vocab_size": 64, "max_length": 12, "width": 32, "depth": 2, "heads": 2, "dropout": 0.1}
 
 
