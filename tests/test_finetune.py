@@ -28,7 +28,7 @@ data:
 modalities:
   image:
     options: {image_size: 8, patch_size: 4, channels: 1, width: 16, depth: 1, heads: 2, pool: mean,
-              stats_samples: 64, crop_scale: [0.6, 1.0]}
+              stats_samples: 64, crop_scale: [0.6, 1.0], encoder: vit}
   text:
     column: caption
     options: {vocab_size: 48, max_length: 8, width: 16, depth: 1, heads: 2, pool: mean}

@@ -310,14 +310,16 @@ def test_resnet_visible_pixels_match_a_loop() -> None:
 
 
 def test_resnet_token_is_its_patch_cell() -> None:
-    """Each ResNet token is the mean of the last feature map over its patch cell, in patchify's row-major order."""
+    """Each ResNet token is the last feature map at its patch cell, layer-normalised, in patchify's row-major order."""
     options = tiny_options(encoder="resnet", image_size=16, patch_size=4)
     encoder = build_encoder(options).eval()
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         out = encoder(ModalityBatch(images))
         fmap = encoder.stages(encoder.stem(images))  # [2, 16, 4, 4]: one cell per patch already
-        expected = torch.stack([fmap[:, :, i // 4, i % 4] for i in range(16)], dim=1)
+        cells = torch.stack([fmap[:, :, i // 4, i % 4] for i in range(16)], dim=1)
+        mean, var = cells.mean(-1, keepdim=True), cells.var(-1, unbiased=False, keepdim=True)
+        expected = (cells - mean) / torch.sqrt(var + 1e-5)  # the final LayerNorm at its initial identity affine
     assert out.tokens.shape == (2, 16, 16)
     torch.testing.assert_close(out.tokens, expected, **F32)
     torch.testing.assert_close(out.pooled, expected.mean(1), **F32)

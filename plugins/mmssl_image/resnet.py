@@ -57,7 +57,7 @@ class ResNetEncoder(nn.Module):
 
     Stage widths are ``width / 4``, ``width / 2`` and ``width``; the first stage keeps the input resolution
     (small images lose too much to a strided stem), each later stage halves it. The last feature map is
-    average-pooled to ``grid x grid`` cells, which are the tokens.
+    average-pooled to ``grid x grid`` cells, which are the tokens after a LayerNorm.
 
     Args:
         channels: Input channels C.
@@ -85,12 +85,16 @@ class ResNetEncoder(nn.Module):
                 layers.append(BasicBlock(previous, w, stride=2 if stage > 0 and b == 0 else 1))
                 previous = w
         self.stages = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(width)  # as the ViT's final norm: tokens on one scale for probes and heads
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def feature_map(self, images: Tensor) -> Tensor:
-        """Shapes: images [B, C, H, W] -> [B, D, grid, grid]."""
+        """The last stage's features pooled onto the patch grid (before the final norm).
+
+        Shapes: images [B, C, H, W] -> [B, D, grid, grid].
+        """
         return F.adaptive_avg_pool2d(self.stages(self.stem(images)), self.grid)
 
     def forward(self, batch: ModalityBatch) -> EncoderOutput:
@@ -102,7 +106,7 @@ class ResNetEncoder(nn.Module):
         images = batch.data
         if batch.keep is not None:
             images = images * visible_pixels(batch.keep, self.grid, self.patch_size, images.shape[-2:]).to(images)
-        tokens = self.feature_map(images).flatten(2).transpose(1, 2)
+        tokens = self.norm(self.feature_map(images).flatten(2).transpose(1, 2))
         if batch.keep is not None:
             tokens = gather_tokens(tokens, batch.keep)
         return EncoderOutput(tokens=tokens, pooled=tokens.mean(1))
