@@ -363,17 +363,15 @@ def _modality_names(columns: list[Column]) -> list[str]:
 
 
 def _flow(entry: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}: {json.dumps(v) if isinstance(v, str) else v}" for k, v in entry.items()) + "}"
+    """A YAML flow mapping (each value written as JSON, which YAML reads)."""
+    return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in entry.items()) + "}"
 
 
 # ------------------------------------------------------------------------------------------------ entry points
 
 
 def init_manifest(file: Path, output: Path, name: str | None = None) -> Path:
-    """Write a starter recipe for a manifest; a split column splits it into train/test manifests next to the
-    recipe (paths made absolute) unless the manifest source filters splits itself."""
-    from mmssl.data.sources import ManifestOptions
-
+    """Write a starter recipe for a manifest; a split column with train and test rows gives both splits."""
     file = file.resolve()
     rows = read_manifest_rows(file)
     profile = profile_rows(rows, file.parent)
@@ -385,17 +383,12 @@ def init_manifest(file: Path, output: Path, name: str | None = None) -> Path:
         entry["path_columns"] = path_columns
     if label:
         entry["label_column"] = label
+        if profile.class_names and not all(name.lstrip("-").isdigit() for name in profile.class_names):
+            entry["class_names"] = profile.class_names  # the class order, written down (names, not indices)
     data: dict[str, str] = {}
     if split and {"train", "test"} <= set(profile.splits):
-        if "split_column" in ManifestOptions.model_fields and "split" in ManifestOptions.model_fields:
-            for part in ("train", "test"):
-                data[part] = _flow({**entry, "split_column": split, "split": part})
-        else:
-            for part in ("train", "test"):
-                part_file = output.parent / f"{output.stem}.{part}.jsonl"
-                subset = [_absolute(r, path_columns, file.parent) for r in rows if str(r.get(split)).lower() == part]
-                _write_jsonl(part_file, subset)
-                data[part] = _flow({**entry, "path": str(part_file.resolve())})
+        for part in ("train", "test"):
+            data[part] = _flow({**entry, "split_column": split, "split": part})
     else:
         data["train"] = _flow(entry)
     return _write(output, recipe_text(name or output.stem, profile, data, str(file)))
@@ -421,7 +414,13 @@ def init_folder(folder: Path, output: Path, name: str | None = None, test_share:
         part_file = output.parent / f"{output.stem}.{part}.csv"
         _write_csv(part_file, rows)
         data[part] = _flow(
-            {"source": "manifest", "path": str(part_file.resolve()), "path_columns": ["file"], "label_column": "label"}
+            {
+                "source": "manifest",
+                "path": str(part_file.resolve()),
+                "path_columns": ["file"],
+                "label_column": "label",
+                "class_names": classes,
+            }
         )
     profile = profile_rows(parts["train"] + parts["test"], folder)
     profile.splits = {part: len(rows) for part, rows in parts.items()}
@@ -451,22 +450,6 @@ def init_source(source: str, options: dict[str, Any], output: Path, name: str | 
     origin = " ".join([source, *(f"{k}={v}" for k, v in options.items())])
     text = recipe_text(name or output.stem, profile, data, origin)
     return _write(output, text)
-
-
-def _absolute(row: dict[str, Any], path_columns: list[str], base: Path) -> dict[str, Any]:
-    return {k: (str(_path(v, base)) if k in path_columns and not _missing(v) else v) for k, v in row.items()}
-
-
-def _write_jsonl(file: Path, rows: list[dict[str, Any]]) -> None:
-    _atomic(file, "".join(json.dumps(r, default=_jsonable) + "\n" for r in rows))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
 
 
 def _write_csv(file: Path, rows: list[dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mmssl.cli import app
+from mmssl.data.sources import SOURCES
 from mmssl.init import init_folder, init_manifest
 from mmssl.recipe import load_recipe
 
@@ -90,15 +91,16 @@ def test_init_manifest_of_each_modality_validates(case: str, tmp_path: Path) -> 
     assert "# " in out.read_text()  # every choice is commented
 
 
-def test_init_split_manifests_hold_the_rows_of_each_split(tmp_path: Path) -> None:
+def test_init_splits_by_the_split_column(tmp_path: Path) -> None:
     out = init_manifest(image_manifest(tmp_path), tmp_path / "starter.yaml")
     tree = yaml.safe_load(out.read_text())
+    kind = SOURCES.get("manifest")
     for split, count in (("train", 8), ("test", 4)):
-        lines = Path(tree["data"][split]["path"]).read_text().splitlines()
-        rows = [json.loads(line) for line in lines] if tree["data"][split]["path"].endswith(".jsonl") else None
-        if rows is not None:  # split files written by init (the manifest source has no split filter)
-            assert len(rows) == count and all(r["split"] == split for r in rows)
-            assert all(Path(r["file"]).is_absolute() and Path(r["file"]).is_file() for r in rows)
+        entry = tree["data"][split]
+        assert entry["split_column"] == "split" and entry["split"] == split
+        assert entry["class_names"] == ["cat", "dog"]
+        rows = kind.load(kind.options.model_validate({k: v for k, v in entry.items() if k != "source"}), tmp_path)
+        assert len(rows.rows) == count and all(r["split"] == split for r in rows.rows)
 
 
 def test_init_folder_of_classes(tmp_path: Path) -> None:
