@@ -345,8 +345,11 @@ def recipe_text(name: str, profile: Profile, data: dict[str, str], origin: str) 
         lines += ["", "evaluations:  # k-NN (similarity-weighted) and a linear probe, beside random init and raw input"]
         k = 5 if train_rows < 1000 else 20
         for modality in modality_names:
-            lines.append(f"  - {{name: knn, modality: {modality}, bank: train, query: test, k: {k}}}")
-            lines.append(f"  - {{name: linear_probe, modality: {modality}, train: train, test: test}}")
+            several = len(modality_names) > 1  # distinct metric names per modality
+            knn = f", prefix: knn_{modality}" if several else ""
+            probe = f", prefix: probe_{modality}" if several else ""
+            lines.append(f"  - {{name: knn, modality: {modality}, bank: train, query: test, k: {k}{knn}}}")
+            lines.append(f"  - {{name: linear_probe, modality: {modality}, train: train, test: test{probe}}}")
     elif profile.class_names:
         lines += ["", "# evaluations: add a `test` split to data: to score k-NN and a linear probe on held-out rows"]
     return "\n".join(lines) + "\n"
@@ -430,6 +433,7 @@ def init_folder(folder: Path, output: Path, name: str | None = None, test_share:
 def init_source(source: str, options: dict[str, Any], output: Path, name: str | None = None) -> Path:
     """Write a starter recipe for a registered source (``ucr_uea`` with ``name=OSULeaf``, ...); a source with a
     ``split`` option gets its train and test splits."""
+    import mmssl.build  # noqa: F401  (registers the built-in dataset sources)
     from mmssl.data.sources import SOURCES
 
     kind = SOURCES.get(source)

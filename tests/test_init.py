@@ -103,6 +103,19 @@ def test_init_splits_by_the_split_column(tmp_path: Path) -> None:
         assert len(rows.rows) == count and all(r["split"] == split for r in rows.rows)
 
 
+def test_init_paired_modalities_get_clip_and_distinct_metric_names(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in image_manifest(tmp_path).read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["caption"] = f"a small grey picture number {i} of something"
+    out = init_manifest(write_rows(tmp_path / "pairs.jsonl", rows), tmp_path / "pairs.yaml")
+    load_recipe(out)
+    tree = yaml.safe_load(out.read_text())
+    assert set(tree["modalities"]) == {"image", "text"}
+    assert {"name": "clip", "modalities": ["image", "text"], "weight": 1.0} in tree["objectives"]
+    prefixes = [e["prefix"] for e in tree["evaluations"]]
+    assert len(set(prefixes)) == 4
+
+
 def test_init_folder_of_classes(tmp_path: Path) -> None:
     for label in ("circle", "square"):
         (tmp_path / "imgs" / label).mkdir(parents=True)
