@@ -424,3 +424,25 @@ def test_ucr_uea_unknown_name_is_a_clear_error() -> None:
     kind = SOURCES.get("ucr_uea")
     with pytest.raises(ValueError, match="NoSuchArchive"):
         kind.load(kind.options(name="NoSuchArchive", split="train"), ROOT)
+
+
+def test_dilated_encoder_tokens_are_channel_patches_and_ignore_hidden_patches() -> None:
+    options = tiny_options(channels=2, patch_len=4, encoder="dilated", depth=2, width=8)
+    encoder = ts.build_encoder(options).eval()
+    values = torch.from_numpy(random_series(2, 16, seed=3)).float()[None].repeat(3, 1, 1)  # [3, 2, 16]
+    with torch.no_grad():
+        out = encoder(ModalityBatch({"values": values}))
+        assert out.tokens.shape == (3, 8, 8) and out.pooled.shape == (3, 8)
+        # Independent: each channel alone through the blocks, averaged over its 4-step patches.
+        for c in range(2):
+            features = encoder.blocks(encoder.input(values[:1, c : c + 1]))[0]  # [D, 16]
+            for n in range(4):
+                cell = features[:, 4 * n : 4 * n + 4].mean(1) + encoder.channel_embedding[c]
+                torch.testing.assert_close(out.tokens[0, c * 4 + n], torch.nn.functional.layer_norm(cell, (8,)), **F32)
+        keep = torch.tensor([[0, 5, 6]]).repeat(3, 1)
+        masked = encoder(ModalityBatch({"values": values}, keep=keep))
+        noisy = values.clone()
+        noisy[:, 0, 4:8] += 5.0  # patch 1 of channel 0 (token 1) is hidden
+        torch.testing.assert_close(encoder(ModalityBatch({"values": noisy}, keep=keep)).tokens, masked.tokens, **F32)
+        noisy[:, 1, 4:8] += 5.0  # patch 1 of channel 1 (token 5) is kept
+        assert not torch.allclose(encoder(ModalityBatch({"values": noisy}, keep=keep)).tokens, masked.tokens)

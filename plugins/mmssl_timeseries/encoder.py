@@ -69,13 +69,18 @@ class TokenEmbedder(nn.Module):
         return x.reshape(b, c * n, self.width), None
 
 
-def build_encoder(options: TimeSeriesOptions, processor: object | None = None) -> TransformerEncoder:
-    """``TransformerEncoder(TokenEmbedder(...), width, depth, heads, ...)`` for ``options``.
+def build_encoder(options: TimeSeriesOptions, processor: object | None = None) -> nn.Module:
+    """``TransformerEncoder(TokenEmbedder(...), width, depth, heads, ...)`` for ``options``, or the dilated
+    convolutional encoder (``encoder: dilated``, ``mmssl_timeseries.dilated``).
 
     The pooled output is the class token or the mean over all non-padding tokens of all channels (``pool``).
     The processor is not needed (the architecture depends on the options only); it is accepted for the plugin
     contract.
     """
+    if options.encoder == "dilated":
+        from mmssl_timeseries.dilated import DilatedConvEncoder  # it imports series_values from here
+
+        return DilatedConvEncoder(options.channels, options.patch_len, options.width, options.depth)
     embedder = TokenEmbedder(options.channels, options.patch_len, options.width)
     encoder = TransformerEncoder(
         embedder,

@@ -46,6 +46,11 @@ class TimeSeriesOptions(BaseModel):
     norm_eps: float = Field(1e-5, gt=0, description="Added to each channel's variance before the square root.")
 
     # Encoder.
+    encoder: Literal["transformer", "dilated"] = Field(
+        "transformer",
+        description="transformer: PatchTST-style patch tokens and attention; dilated: TS2Vec-style dilated "
+        "convolutions per channel, pooled onto the same patch tokens (depth = dilated blocks; heads unused).",
+    )
     width: int = Field(128, gt=0, description="Token width D of the transformer encoder (even).")
     depth: int = Field(3, ge=0, description="Number of transformer blocks.")
     heads: int = Field(4, gt=0, description="Attention heads; must divide width.")
@@ -84,7 +89,7 @@ class TimeSeriesOptions(BaseModel):
             raise ValueError(f"patch_len {self.patch_len} is longer than max_length {self.max_length}")
         if self.norm_patch_targets and self.patch_len < 2:
             raise ValueError("norm_patch_targets needs patch_len >= 2 (a patch's variance over one value is undefined)")
-        if self.width % self.heads:
+        if self.encoder == "transformer" and self.width % self.heads:
             raise ValueError(f"heads {self.heads} must divide width {self.width}")
         if self.width % 2:
             raise ValueError(f"width must be even (sine-cosine positions), got {self.width}")
