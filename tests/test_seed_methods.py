@@ -236,3 +236,14 @@ def test_knn_and_probe_widths_score_the_first_features() -> None:
     assert knn["knn_top1@2"] == 1.0
     assert knn["knn_top1"] < 0.8  # the full width is dominated by the noise
     assert probe["linear_probe_top1@2"] == 1.0
+
+
+def test_block_masking_is_refused_at_validate_for_replace_style_masks() -> None:
+    from mmssl.objectives.base import objective_requirements_error
+    from mmssl_text import plugin as text_plugin
+
+    opts = OBJECTIVES.get("data2vec").options.model_validate({"name": "data2vec", "modality": "t", "masking": "block"})
+    problems = objective_requirements_error(opts, {"t": text_plugin.capabilities}, {"t": "text"}, {"t"})
+    assert len(problems) == 1 and "masking continuous" in problems[0]
+    random = opts.model_copy(update={"masking": "random"})
+    assert objective_requirements_error(random, {"t": text_plugin.capabilities}, {"t": "text"}, {"t"}) == []
