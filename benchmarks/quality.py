@@ -133,7 +133,11 @@ def main() -> None:
     for recipe, published in selected:
         path = init_recipe(recipe, args.runs / "init") if recipe.startswith("init:") else ROOT / recipe
         name = path.stem
-        results, wall, tree = run_recipe(path, args.runs / name, args.override)
+        try:
+            results, wall, tree = run_recipe(path, args.runs / name, args.override)
+        except subprocess.CalledProcessError as err:  # one failing recipe must not lose the others' numbers
+            lines.append(f"| {name} | failed (exit {err.returncode}, see {args.runs / name}) |" + " |" * 10)
+            continue
         lines += rows_of(name, results, wall, tree, published)
         print(lines[-1], flush=True)
     total = time.time() - start
