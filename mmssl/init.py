@@ -433,7 +433,6 @@ def init_folder(folder: Path, output: Path, name: str | None = None, test_share:
 def init_source(source: str, options: dict[str, Any], output: Path, name: str | None = None) -> Path:
     """Write a starter recipe for a registered source (``ucr_uea`` with ``name=OSULeaf``, ...); a source with a
     ``split`` option gets its train and test splits."""
-    import mmssl.build  # noqa: F401  (registers the built-in dataset sources)
     from mmssl.data.sources import SOURCES
 
     kind = SOURCES.get(source)

@@ -14,9 +14,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mmssl.cli import app
+from mmssl.compiler import compile_recipe
 from mmssl.data.sources import SOURCES
 from mmssl.init import init_folder, init_manifest
-from mmssl.recipe import load_recipe
 
 SMILES = ["CCO", "c1ccccc1", "CC(=O)O", "CCN", "O=C=O", "CCCC", "c1ccncc1", "CC(C)O"]
 
@@ -79,8 +79,8 @@ def test_init_manifest_of_each_modality_validates(case: str, tmp_path: Path) -> 
     data = tmp_path / "data"
     data.mkdir()
     out = init_manifest(make(data), tmp_path / "recipe" / "starter.yaml")
-    recipe = load_recipe(out)  # both validation passes: schema, plugins, objectives, evaluations
-    assert list(recipe.modalities) == [modality]
+    plan = compile_recipe(out, weights=False)  # schema, plugins, objectives, evaluations and their data
+    assert list(plan.recipe.modalities) == [modality]
     tree = yaml.safe_load(out.read_text())
     for key, value in options.items():
         assert tree["modalities"][modality]["options"][key] == value
@@ -108,7 +108,7 @@ def test_init_paired_modalities_get_clip_and_distinct_metric_names(tmp_path: Pat
     for i, row in enumerate(rows):
         row["caption"] = f"a small grey picture number {i} of something"
     out = init_manifest(write_rows(tmp_path / "pairs.jsonl", rows), tmp_path / "pairs.yaml")
-    load_recipe(out)
+    compile_recipe(out, weights=False)
     tree = yaml.safe_load(out.read_text())
     assert set(tree["modalities"]) == {"image", "text"}
     assert {"name": "clip", "modalities": ["image", "text"], "weight": 1.0} in tree["objectives"]
@@ -122,7 +122,7 @@ def test_init_folder_of_classes(tmp_path: Path) -> None:
         for i in range(5):
             Image.fromarray(np.full((40, 40, 3), 30 * i, dtype=np.uint8)).save(tmp_path / "imgs" / label / f"{i}.png")
     out = init_folder(tmp_path / "imgs", tmp_path / "r.yaml")
-    load_recipe(out)
+    compile_recipe(out, weights=False)
     tree = yaml.safe_load(out.read_text())
     assert tree["modalities"]["image"]["options"]["channels"] == 3
     assert tree["modalities"]["image"]["options"]["image_size"] == 40

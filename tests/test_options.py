@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mmssl.cli import app
-from mmssl.recipe import RecipeError, load_recipe
+from mmssl.compiler import compile_recipe
+from mmssl.recipe import RecipeError
 from mmssl.schema import describe_options, unknown_key_message
 from mmssl_image import ImageOptions
 
@@ -42,11 +43,11 @@ def test_docs_list_every_option_of_the_first_party_plugins() -> None:
 def test_unknown_option_names_close_matches_and_allowed_keys() -> None:
     recipe = ROOT / "recipes" / "quickstart.yaml"
     with pytest.raises(RecipeError) as err:
-        load_recipe(recipe, ["modalities.image.options.widht=64"])
+        compile_recipe(recipe, ["modalities.image.options.widht=64"], weights=False)
     image = dict(err.value.errors)["modalities.image.options.widht"]
     assert "did you mean 'width'?" in image and "allowed keys:" in image
     assert all(name in image for name in ImageOptions.model_fields)
     with pytest.raises(RecipeError) as err:  # the fixed sections too (first validation pass)
-        load_recipe(recipe, ["train.stpes=3"])
+        compile_recipe(recipe, ["train.stpes=3"], weights=False)
     assert "did you mean 'steps'?" in dict(err.value.errors)["train.stpes"]
     assert unknown_key_message("zzz", ["a", "b"]) == "unknown key 'zzz' (allowed keys: a, b)"

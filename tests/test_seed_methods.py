@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmssl.data.dataset import Batch, make_view
+from mmssl.batch import Batch
+from mmssl.data.dataset import make_view
 from mmssl.data.sources import Source
 from mmssl.eval.base import EvalContext
 from mmssl.eval.knn import KNNOptions, run_knn
@@ -19,9 +20,10 @@ from mmssl.masking import block_masks
 from mmssl.modality import EncoderOutput, ModalityBatch
 from mmssl.model import JointEmbeddingModel
 from mmssl.objectives import OBJECTIVES
-from mmssl.objectives.base import BuildInfo, StepContext
+from mmssl.objectives.base import BuildInfo
 from mmssl.objectives.functional import clip_loss
 from mmssl.objectives.matryoshka import matryoshka_loss
+from mmssl.train.step import StepContext
 from mmssl_image import ImageOptions, build_encoder, build_processor
 
 IMAGE = ImageOptions(
@@ -58,15 +60,15 @@ def test_dino_multi_crop_matches_the_pairwise_cross_entropy() -> None:
     assert batch.inputs["image"]["local0"].data.shape == (5, 1, 14, 14)  # 3/7 of 28 px in whole 7-px patches
     assert batch.inputs["image"]["view0"].data.shape == (5, 1, 28, 28)
     dino = build("dino", DINO, processors, batch).train()
-    assert dino.options.inputs() == [("image", v) for v in views]
+    assert dino.inputs == [("image", v) for v in views]
     out = dino(StepContext(model, batch, processors))
 
     # Independent: the teacher starts as a copy of the student; it sees the two global views, the student all
     # four; the loss averages -sum q_i log p_j over the 2 x 3 pairs of different views.
     with torch.no_grad():
         logits = [dino.head(model.encode("image", batch.inputs["image"][v]).pooled) for v in views]
-        q = [F.softmax(t / dino.options.teacher_temp, dim=-1) for t in logits[:2]]  # center starts at 0
-        p = [F.log_softmax(s / dino.options.student_temp, dim=-1) for s in logits]
+        q = [F.softmax(t / dino.teacher_temp, dim=-1) for t in logits[:2]]  # center starts at 0
+        p = [F.log_softmax(s / dino.student_temp, dim=-1) for s in logits]
         pairs = [-(q[i] * p[j]).sum(-1).mean() for i in range(2) for j in range(4) if i != j]
     assert len(pairs) == 6
     assert out["loss"].item() == pytest.approx(torch.stack(pairs).mean().item(), rel=1e-4)
@@ -85,7 +87,7 @@ def test_dino_last_layer_frozen_for_the_first_steps() -> None:
         if step == 1:
             assert dino.head.prototypes.grad is not None and not dino.head.prototypes.grad.any()
         optimizer.step()
-        dino.after_optimizer_step(model, step, 2)
+        dino.teacher.after_optimizer_step(model, step, 2)
         if step == 1:
             assert torch.equal(dino.head.prototypes, prototypes)  # frozen during step 1
             assert not torch.equal(dino.head.mlp[0].weight, first_layer)  # the rest of the head trains
