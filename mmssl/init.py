@@ -149,7 +149,7 @@ def _looks_like_smiles(text: str) -> bool:
     try:
         from rdkit import Chem, RDLogger
 
-        RDLogger.DisableLog("rdApp.*")
+        RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]  # rdkit ships no stub for it
         return Chem.MolFromSmiles(text) is not None
     except ImportError:
         return len(text) > 1 and not text.isalpha()
@@ -158,7 +158,8 @@ def _looks_like_smiles(text: str) -> bool:
 def _image_sizes(paths: list[Path]) -> dict[str, Any]:
     from PIL import Image
 
-    sides, modes = [], Counter()
+    sides: list[int] = []
+    modes: Counter[str] = Counter()
     for path in paths[:50]:
         with Image.open(path) as image:
             sides.append(min(image.size))
@@ -440,7 +441,7 @@ def init_source(source: str, options: dict[str, Any], output: Path, name: str | 
     has_test = split_field is not None and "test" in str(split_field.annotation)
     train_options = {**options, "split": "train"} if has_test else options
     loaded = kind.load(kind.options.model_validate(train_options), Path("."))
-    profile = profile_rows(loaded.rows, Path("."), loaded.class_names)
+    profile = profile_rows(list(loaded.rows), Path("."), loaded.class_names)
     if not any(c.kind == "label" for c in profile.columns) and loaded.class_names:
         profile.class_names = list(loaded.class_names)
     data = {"train": _flow({"source": source, **train_options})}

@@ -94,7 +94,7 @@ def make_view(processor: Processor, sample: Any, name: str, rng: np.random.Gener
     if name == CLEAN:
         return processor.prepare(sample)
     if name.startswith(LOCAL_PREFIX):
-        return processor.augment_local(sample, rng)
+        return processor.augment_local(sample, rng)  # type: ignore[attr-defined]  # the local_views capability
     return processor.augment(sample, rng)
 
 

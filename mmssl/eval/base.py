@@ -100,7 +100,7 @@ class EvalContext:
     on_error: str = "raise"
     skipped: dict[str, list[SkippedRow]] = field(default_factory=dict)
     _sources: dict[str, Source] = field(default_factory=dict)
-    _cache: dict[tuple, Any] = field(default_factory=dict)
+    _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     def source(self, split: str) -> Source:
         if split not in self._sources:
@@ -110,12 +110,13 @@ class EvalContext:
             self._sources[split] = source
         return self._sources[split]
 
-    def labelled(self, modality: str, split: str) -> tuple[list, np.ndarray]:
+    def labelled(self, modality: str, split: str) -> tuple[list[Any], np.ndarray]:
         """Values and labels of the split's labelled rows of ``modality`` (see ``labelled_values``)."""
         key = ("labelled", modality, split)
         if key not in self._cache:
             self._cache[key] = labelled_values(self.source(split), self.columns[modality])
-        return self._cache[key]
+        found: tuple[list[Any], np.ndarray] = self._cache[key]
+        return found
 
     def embeddings(self, model: Any, modality: str, split: str, features: str, batch_size: int) -> Tensor:
         """Embeddings of the split's labelled rows, computed once per model, modality, split and features, so
@@ -128,7 +129,8 @@ class EvalContext:
             values, _ = self.labelled(modality, split)
             processor = self.processors[modality]
             self._cache[key] = embed_values(model, modality, processor, values, features, batch_size, self.device)
-        return self._cache[key]
+        found: Tensor = self._cache[key]
+        return found
 
     def raw(self, modality: str, splits: tuple[str, ...]) -> list[Tensor] | None:
         """The raw prepared input of the splits' labelled rows (``raw_features``, one padding shape for all of
@@ -140,8 +142,9 @@ class EvalContext:
             if raw is None:
                 self._cache[key] = None
             else:
-                self._cache[key] = list(raw.split([len(part) for part in values]))
-        return self._cache[key]
+                self._cache[key] = list(torch.split(raw, [len(part) for part in values]))
+        found: list[Tensor] | None = self._cache[key]
+        return found
 
     @cached_property
     def random_model(self) -> Any:
