@@ -100,7 +100,9 @@ def train(
     resume: Annotated[
         bool,
         typer.Option(
-            "--resume", help="Continue from the latest intact checkpoint in --output (a damaged one is skipped)."
+            "--resume",
+            help="Continue from the latest intact checkpoint in --output (a damaged one is skipped). `--resume auto`: "
+            "continue if the run folder holds a run, start otherwise (what a restarted elastic worker group needs).",
         ),
     ] = False,
     resume_step: Annotated[
@@ -126,11 +128,16 @@ def train(
     from mmssl.train.trainer import RunExistsError
     from mmssl.train.trainer import train as run_training
 
+    # `--resume auto`: the flag takes no value, so `auto` arrives among the overrides (it is never a key=value one).
+    overrides = list(overrides or [])
+    auto = resume and "auto" in overrides
+    if auto:
+        overrides.remove("auto")
     trusted = trust_plugins or not resume
     try:
         consent = _recorded_plugins_check(output) if resume and trust_plugins else None
-        plan = compile_recipe(recipe, overrides or [], trust_plugins=trusted, before_plugins=consent)
-        result = run_training(plan, output, resume=resume, resume_step=resume_step)
+        plan = compile_recipe(recipe, overrides, trust_plugins=trusted, before_plugins=consent)
+        result = run_training(plan, output, resume="auto" if auto else resume, resume_step=resume_step)
     except (RecipeError, FileNotFoundError, KeyError, ValueError, RunExistsError, PluginError, DataErrorLimit) as err:
         _fail(err)
     if result.stopped_by is not None:

@@ -98,6 +98,23 @@ class ModelSpec(Strict):
     embed_dim: int = Field(256, ge=1, description="Width of the shared embedding space all modalities project to.")
 
 
+class FSDPSpec(Strict):
+    """Options of ``train.strategy: fsdp`` (FSDP2 ``fully_shard``; see docs/distributed.md)."""
+
+    reshard_after_forward: bool = Field(
+        True, description="Free gathered parameters after each block's forward (ZeRO-3); false keeps them (ZeRO-2)."
+    )
+    cpu_offload: bool = Field(
+        False, description="Keep sharded parameters, gradients and optimizer state in CPU memory."
+    )
+    param_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="Mixed-precision policy: dtype parameters are gathered in for compute (null: their own)."
+    )
+    reduce_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="Mixed-precision policy: dtype gradients are reduced in (null: param_dtype)."
+    )
+
+
 class TrainSpec(Strict):
     steps: int = Field(ge=1, description="Optimizer steps.")
     batch_size: int = Field(ge=1, description="Rows per process per micro-batch.")
@@ -122,6 +139,22 @@ class TrainSpec(Strict):
         0, ge=0, description="Every N steps log label-free collapse monitors (RankMe, uniformity, std); 0: off."
     )
     monitor_rows: int = Field(512, ge=2, description="Held training rows (clean view) the monitors embed.")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="Data parallelism: ddp replicates the model, fsdp shards parameters and optimizer state."
+    )
+    fsdp: FSDPSpec = FSDPSpec()
+    contrastive_chunk: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Cached large-batch contrastive (GradCache): encode each micro-batch in chunks of this many rows, so "
+            "memory follows the chunk while the loss sees the whole (gathered) batch. null: no chunking."
+        ),
+    )
+    activation_checkpointing: bool | list[str] = Field(
+        False, description="Recompute encoder blocks in the backward pass: true for every encoder, or modality names."
+    )
+    compile: bool = Field(False, description="torch.compile each encoder.")
     layer_decay: float | None = Field(
         None,
         gt=0,

@@ -19,6 +19,7 @@ from mmssl.plugins import check_plugin_files
 from mmssl.recipe import Recipe
 from mmssl.train import checkpoint as ckpt
 from mmssl.train import integrity
+from mmssl.train.dist_checkpoint import checkpoint_tensors, is_sharded_checkpoint
 
 
 @dataclass
@@ -105,7 +106,10 @@ def load_run(
         found = ckpt.latest_checkpoint(path / "checkpoints")
         if found is None:
             raise FileNotFoundError(f"{path}: no model.safetensors and no checkpoint")
-        saved = integrity.reading(found / "model.safetensors", lambda: load_file(str(found / "model.safetensors")))
+        if is_sharded_checkpoint(found):  # FSDP: gathered from the shard files in this one process
+            saved = checkpoint_tensors(found)
+        else:
+            saved = integrity.reading(found / "model.safetensors", lambda: load_file(str(found / "model.safetensors")))
         model.load_state_dict({k.removeprefix("model."): v for k, v in saved.items() if k.startswith("model.")})
     return Run(path, plan, processors, model.to(device).eval())
 

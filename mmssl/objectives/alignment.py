@@ -76,6 +76,7 @@ class CLIP(nn.Module):
     """CLIP's symmetric InfoNCE over the paired rows of ``inputs`` (two (modality, view) pairs)."""
 
     partial_rows = True  # runs on every micro-batch, also without pairs (see TrainModule)
+    cacheable = True  # reads the encoders only through the step context (GradCache)
 
     def __init__(
         self, inputs: list[tuple[str, str]], init_temperature: float, gather: bool, matryoshka: list[int] | None = None
@@ -101,6 +102,7 @@ class SigLIP(nn.Module):
     """SigLIP's pairwise sigmoid loss over the paired rows of ``inputs`` (two (modality, view) pairs)."""
 
     partial_rows = True
+    cacheable = True  # reads the encoders only through the step context (GradCache)
 
     def __init__(
         self,

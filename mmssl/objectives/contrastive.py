@@ -6,15 +6,16 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mmssl.objectives.base import BuildInfo, ObjectiveOptions, register_objective
+from mmssl.objectives.batch_norm import GlobalBatchNorm1d
 from mmssl.objectives.functional import info_nce
 from mmssl.objectives.matryoshka import matryoshka_loss, nested_widths
 from mmssl.train.step import StepContext
 
 
 def mlp_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
-    """SimCLR's projection head: Linear-BN-ReLU-Linear."""
+    """SimCLR's projection head: Linear-BN-ReLU-Linear, the batch norm over the global batch (all processes)."""
     return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim)
+        nn.Linear(in_dim, hidden_dim), GlobalBatchNorm1d(hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim)
     )
 
 
@@ -42,6 +43,7 @@ class SimCLR(nn.Module):
     """NT-Xent between the projected pooled encodings of two views (``inputs``) of one modality."""
 
     partial_rows = False
+    cacheable = True  # reads the encoders only through the step context (GradCache)
 
     def __init__(
         self,

@@ -62,6 +62,7 @@ class TwoViewRedundancy(nn.Module):
     two expanded batches (``[B, proj_dim]`` each, float32) -> named terms."""
 
     partial_rows = False
+    cacheable = True  # whole-batch statistics on the expander output, encoders only through the context
 
     def __init__(
         self, inputs: list[tuple[str, str]], expander: nn.Module, loss: Callable[[Tensor, Tensor], dict[str, Tensor]]

@@ -34,6 +34,14 @@ RESUMABLE_KEYS = (
     "train.monitor_every",
     "train.monitor_rows",
     "train.num_workers",
+    # How the same step is computed (equal results, tests/test_distributed_equivalence.py, test_grad_cache.py):
+    "train.strategy",
+    "train.fsdp",
+    "train.activation_checkpointing",
+    "train.compile",
+    "train.contrastive_chunk",
+    # Per-process rows, when the process count changes and the global batch stays (checked on resume):
+    "train.batch_size",
 )
 """Key paths (and their sub-keys) a user may change when resuming: run length, schedule length, logging,
 checkpoint cadence, evaluations. Any other change (model, data, seed, objectives, optimizer) is refused."""

@@ -57,6 +57,10 @@ class StepContext:
                 raise ModalityAbsent(f"the micro-batch has no row with modality {modality!r}") from None
             raise KeyError(f"the batch has no {view!r} view of modality {modality!r}") from None
 
+    def provide(self, modality: str, view: str, output: EncoderOutput) -> None:
+        """Use ``output`` as the encoder's output on (modality, view), e.g. one computed in chunks (GradCache)."""
+        self._encoded[(modality, view)] = output
+
     def encode(self, modality: str, view: str = CLEAN) -> EncoderOutput:
         """The encoder's output on the rows that have ``modality``; :class:`ModalityAbsent` when there are none."""
         key = (modality, view)
@@ -165,8 +169,17 @@ class TrainModule(nn.Module):
         assert isinstance(objective, Objective)
         return objective
 
-    def forward(self, batch: Batch) -> dict[str, Tensor]:
+    def forward(self, batch: Batch, encoded: dict[tuple[str, str], EncoderOutput] | None = None) -> dict[str, Tensor]:
+        """Run every objective on ``batch``.
+
+        Args:
+            batch: The micro-batch.
+            encoded: (modality, view) -> encoder output already computed for the whole micro-batch (GradCache,
+                ``mmssl.train.grad_cache``); objectives read these instead of running the encoder.
+        """
         ctx = StepContext(self.model, batch, self.processors)
+        for key, output in (encoded or {}).items():
+            ctx.provide(*key, output)
         skipped = self.skipped_objectives(ctx)
         terms: dict[str, Tensor] = {}
         total: Tensor | None = None

@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -39,6 +40,14 @@ from mmssl.plugins import check_plugin_files, plugin_file_records
 from mmssl.recipe import dump_recipe
 from mmssl.train import checkpoint as ckpt
 from mmssl.train import integrity
+from mmssl.train.dist_checkpoint import (
+    check_global_batch,
+    full_model_state,
+    is_sharded_checkpoint,
+    load_any,
+    save_sharded,
+)
+from mmssl.train.grad_cache import GradCache, cached_inputs, check_cacheable, sync_gradients
 from mmssl.train.metrics import MetricLogger
 from mmssl.train.optim import build_optimizer
 from mmssl.train.preemption import GracefulStop, any_process, ignore_stop_signals
@@ -52,6 +61,8 @@ from mmssl.train.run_folder import (
     write_setup,
 )
 from mmssl.train.schedule import lr_multiplier
+from mmssl.train.sharding import gradient_sync, shard
+from mmssl.train.speed import apply_speed_options
 
 __all__ = ["RunExistsError", "TrainResult", "train"]
 
@@ -76,7 +87,11 @@ def _cpu_processes() -> bool:
 
 
 def train(
-    plan: Plan, output: Path, resume: bool = False, stop_after: int | None = None, resume_step: int | None = None
+    plan: Plan,
+    output: Path,
+    resume: bool | Literal["auto"] = False,
+    stop_after: int | None = None,
+    resume_step: int | None = None,
 ) -> TrainResult:
     """Train the recipe of ``plan`` into ``output``.
 
@@ -86,7 +101,8 @@ def train(
     Args:
         plan: A compiled recipe (``mmssl.compiler.compile_recipe``).
         output: Run folder: recipe, processors, checkpoints, metrics, final weights, ``eval.json``.
-        resume: Continue from the latest intact checkpoint in ``output`` (a damaged one is skipped with a warning).
+        resume: Continue from the latest intact checkpoint in ``output`` (a damaged one is skipped with a warning);
+            ``"auto"``: continue if ``output`` holds a run, start otherwise (a restarted elastic worker group).
         stop_after: Stop (as if killed) after this optimizer step, without final weights or evaluation.
         resume_step: Continue from the checkpoint of this step instead (implies ``resume``).
     """
@@ -98,12 +114,24 @@ def train(
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=spec.find_unused_parameters)],
     )
     output = Path(output)
+    if resume == "auto":  # elastic restarts: continue the run whose setup is there, else start one
+        resume = (output / "run.json").is_file() or ckpt.latest_checkpoint(output / "checkpoints") is not None
+    sharded = spec.strategy == "fsdp" and accelerator.num_processes > 1
+    if sharded and spec.monitor_every:
+        raise ValueError(
+            "train.monitor_every: the label-free monitors embed on the main process only, which a "
+            "sharded (fsdp) model cannot do; set monitor_every: 0 or strategy: ddp"
+        )
+    if sharded and spec.contrastive_chunk:
+        raise ValueError("train.contrastive_chunk is not supported with strategy: fsdp yet; use strategy: ddp")
     recipe_yaml = dump_recipe(recipe)
     reuse = check_output(output, resume)
     changes = {}
+    global_batch = spec.batch_size * accelerator.num_processes * spec.grad_accum
     if reuse:  # one run, one recipe: only run length, schedule, logging and cadence may change
         changes = check_resume_recipe(output, recipe_yaml)
         meta = read_meta(output)
+        check_global_batch(meta, global_batch, str(output))
         if "plugins" in meta:  # runs set up before plugin files were recorded have no record to compare with
             check_plugin_files(recipe.plugins, recipe.base_dir, meta["plugins"], str(output))
         if (output / "labels.json").is_file():
@@ -122,6 +150,7 @@ def train(
         meta = {
             "base_dir": str(recipe.base_dir.resolve()),
             "plugins": plugin_file_records(recipe.plugins, recipe.base_dir),
+            "global_batch": global_batch,  # a resume under another process count must keep it
         }
         write_setup(
             output,
@@ -135,6 +164,11 @@ def train(
 
     model = build_model(plan, processors)
     module = build_train_module(plan, model, processors, probe_batches(plan, processors, train_source))
+    apply_speed_options(model.encoders, spec.activation_checkpointing, spec.compile)
+    if spec.contrastive_chunk:
+        check_cacheable(model.encoders, cached_inputs(module.objectives))
+    if sharded:
+        shard(module.to(accelerator.device), **spec.fsdp.model_dump())
     optimizer = build_optimizer(
         module, spec.lr, spec.weight_decay, spec.betas, spec.layer_decay, model.encoders.values()
     )
@@ -144,18 +178,32 @@ def train(
     accelerator.print(f"parameters: {counts['all']['trainable']:,} trainable of {counts['all']['total']:,}")
     schedule = lr_multiplier(spec.schedule, spec.steps, spec.warmup_steps, spec.decay_fraction, spec.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    module, optimizer = accelerator.prepare(module, optimizer)
+    if sharded:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        module, optimizer = accelerator.prepare(module, optimizer)
+    inner = accelerator.unwrap_model(module)
+    cache = (
+        GradCache(spec.contrastive_chunk, accelerator.autocast, accelerator.backward)
+        if spec.contrastive_chunk
+        else None
+    )
     set_seed(recipe.seed, device_specific=True)  # distinct mask/dropout noise per process
 
     checkpoints = output / "checkpoints"
     step = 0
     found = None
     if reuse and (ckpt.complete_checkpoints(checkpoints) or resume_step is not None):
+
+        def load(path: Path) -> int:
+            if sharded or is_sharded_checkpoint(path):  # any process count, from or into FSDP or DDP
+                raw_optimizer = getattr(optimizer, "optimizer", optimizer)
+                return load_any(path, inner, raw_optimizer, scheduler, accelerator.process_index)
+            return ckpt.load_checkpoint(path, inner, optimizer, scheduler, accelerator.process_index)
+
         found, step = integrity.resume_from(
             ckpt.resume_candidates(checkpoints, resume_step),
-            lambda path: ckpt.load_checkpoint(
-                path, accelerator.unwrap_model(module), optimizer, scheduler, accelerator.process_index
-            ),
+            load,
             lambda failed: any_process(failed, accelerator),
             check_here=accelerator.is_main_process,
             warn=lambda line: accelerator.print(f"warning: {line}"),
@@ -221,15 +269,26 @@ def train(
                 skipped += [s.at_step(step + 1) for s in batch.skipped]
                 rows_seen += len(batch)
                 sync = micro == spec.grad_accum - 1
-                with accelerator.no_sync(module) if not sync else _null():
-                    terms = module(batch)
+                # GradCache runs several backward passes per micro-batch: all without DDP's hooks, averaged once below
+                ddp_sync = sync and cache is None
+                with accelerator.no_sync(module) if not ddp_sync else _null(), gradient_sync(module, sync):
+                    if cache is not None:
+                        terms = cache.step(module, inner, batch, 1.0 / spec.grad_accum)
+                    else:
+                        with accelerator.autocast():
+                            terms = module(batch)
                     loss = terms["loss"]
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"loss is {loss.item()} at step {step}; terms: {_floats(terms)}")
-                    accelerator.backward(loss / spec.grad_accum)
+                    if cache is None:
+                        accelerator.backward(loss / spec.grad_accum)
                 logger.accumulate(terms)
+            if cache is not None:
+                sync_gradients(inner)
             if spec.clip_grad is not None:
                 terms_norm = accelerator.clip_grad_norm_(module.parameters(), spec.clip_grad)
+                if hasattr(terms_norm, "full_tensor"):  # FSDP2: a DTensor
+                    terms_norm = terms_norm.full_tensor()
                 logger.accumulate({"grad_norm": terms_norm})
             optimizer.step()
             scheduler.step()
@@ -237,7 +296,7 @@ def train(
             step += 1
             if policy.skip:
                 policy.record(_all_processes(skipped, accelerator))
-            accelerator.unwrap_model(module).after_optimizer_step(step, spec.steps)
+            inner.after_optimizer_step(step, spec.steps)
             bar.update(1)
             monitor_due = spec.monitor_every > 0 and step % spec.monitor_every == 0  # same on every process
             stopping = stop.agreed(accelerator)  # every process stops after the same step
@@ -256,9 +315,21 @@ def train(
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 last_time, rows_seen = now, 0
             if (spec.checkpoint_every and step % spec.checkpoint_every == 0) or step == spec.steps or stopping:
-                save_checkpoint(
-                    accelerator, checkpoints, step, module, optimizer, scheduler, spec.keep_checkpoints, logger
-                )
+                if sharded:
+                    if accelerator.is_main_process:
+                        ckpt.begin_checkpoint(checkpoints, step)
+                    accelerator.wait_for_everyone()
+                    staging = ckpt.staging_dir(checkpoints, step)
+                    (staging / f"metrics_rank{accelerator.process_index}.json").write_text(json.dumps(logger.state()))
+                    raw_optimizer = getattr(optimizer, "optimizer", optimizer)
+                    save_sharded(
+                        checkpoints, step, inner, raw_optimizer, scheduler, spec.keep_checkpoints,
+                        accelerator.process_index,
+                    )  # fmt: skip
+                else:
+                    save_checkpoint(
+                        accelerator, checkpoints, step, module, optimizer, scheduler, spec.keep_checkpoints, logger
+                    )
             if stopping and step < spec.steps:
                 accelerator.print(f"stopped by {stopping} at step {step}; checkpoint written")
                 return TrainResult(output, step, finished=False, stopped_by=stopping)
@@ -269,11 +340,12 @@ def train(
         _shutdown_data_workers(batches)
         bar.close()
         logger.close()
+    full = full_model_state(inner) if sharded else dict(inner.state_dict())  # gathering shards is collective
     if accelerator.is_main_process:
-        trained = accelerator.unwrap_model(module)
-        ckpt.save_weights(trained.model, output / "model.safetensors")
-        # Objective heads (temperatures, predictors, decoders): exporters read e.g. CLIP's logit scale from here.
-        ckpt.save_weights(trained.objectives, output / "objectives.safetensors")
+        for part in ("model", "objectives"):
+            # Objective heads (temperatures, predictors, decoders): exporters read e.g. CLIP's logit scale from here.
+            tensors = {k.removeprefix(f"{part}."): v for k, v in full.items() if k.startswith(f"{part}.")}
+            ckpt.save_tensors_atomic(tensors, output / f"{part}.safetensors")
     accelerator.wait_for_everyone()
     return TrainResult(output, step, finished=True)
 
