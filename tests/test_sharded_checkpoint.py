@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from tolerances import F32
 from torchrun import run_two_processes
 
-from mmssl.build import validate_plugin_sections
-from mmssl.recipe import apply_overrides, load_yaml, parse_recipe
+from mmssl.compiler import compile_recipe
+from mmssl.recipe import apply_overrides, load_yaml
 from mmssl.run import load_run
 from mmssl.train.dist_checkpoint import checkpoint_tensors, is_sharded_checkpoint
 from mmssl.train.trainer import train
@@ -46,8 +46,7 @@ def write_recipe(folder: Path) -> Path:
 
 
 def plan_of(recipe: Path, batch_size: int):
-    tree = apply_overrides(load_yaml(recipe), [f"train.batch_size={batch_size}"])
-    return validate_plugin_sections(parse_recipe(tree, str(recipe), recipe.parent))
+    return compile_recipe(recipe, [f"train.batch_size={batch_size}"])
 
 
 def assert_weights_close(got: Path, want: Path) -> None:

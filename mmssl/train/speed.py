@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mmssl.released.adapt import layer_stack
+from mmssl.encoders.adapt import layer_stack
 
 
 def checkpoint_blocks(encoder: nn.Module, modality: str) -> int:
