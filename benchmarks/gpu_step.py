@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmssl.data.dataset import CLEAN, Batch
+from mmssl.batch import CLEAN, Batch
 from mmssl.encoders.transformer import TransformerEncoder
 from mmssl.modality import ModalityBatch
 from mmssl.model import JointEmbeddingModel

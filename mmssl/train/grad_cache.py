@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmssl.data.dataset import Batch
+from mmssl.batch import Batch
 from mmssl.modality import EncoderOutput, ModalityBatch
 from mmssl.objectives.distributed import world_size
 from mmssl.train.checkpoint import rng_state, set_rng_state
