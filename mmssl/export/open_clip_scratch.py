@@ -208,7 +208,10 @@ def export_open_clip_scratch(run: Any, run_dir: Path, output: Path, logit_terms:
         raise NotExportable(f"open_clip export: weights do not fit open_clip's CLIP ({missing=} {unexpected=})")
     card_preprocessing = {
         image: {**preprocess, "input": "pixels [B, 3, H, W]"},
-        text: {"tokenizer": f"open_clip.get_tokenizer('local-dir:{output}')", "context_length": text_cfg["context_length"]},
+        text: {
+            "tokenizer": f"open_clip.get_tokenizer('local-dir:{output}')",
+            "context_length": text_cfg["context_length"],
+        },
     }
 
     def fill(tmp: Path) -> None:
@@ -218,11 +221,12 @@ def export_open_clip_scratch(run: Any, run_dir: Path, output: Path, logit_terms:
         config = {"model_cfg": {**model_cfg, "custom_text": True}, "preprocess_cfg": preprocess}
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / MODEL_CONFIGS).mkdir()
-        (tmp / MODEL_CONFIGS / f"{name}.json").write_text(json.dumps({**model_cfg, "custom_text": True}, indent=2) + "\n")
+        (tmp / MODEL_CONFIGS / f"{name}.json").write_text(json.dumps(config["model_cfg"], indent=2) + "\n")
         specials = run.processors[text].specials
         pool_id = save_tokenizer(run.processors[text], tmp, text_cfg["context_length"], True, pad_token=specials.sep)
         if pool_id != text_cfg["vocab_size"] - 1:
-            raise NotExportable(f"open_clip export: the [POOL] token got id {pool_id}, not {text_cfg['vocab_size'] - 1}")
+            expected = text_cfg["vocab_size"] - 1
+            raise NotExportable(f"open_clip export: the [POOL] token got id {pool_id}, not {expected}")
         card = model_card(run.plan.recipe, "open_clip", card_preprocessing, _snippet(output), run_dir)
         (tmp / "README.md").write_text(card)
 

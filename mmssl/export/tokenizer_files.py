@@ -63,7 +63,8 @@ def save_tokenizer(
     tokenizer.no_truncation()
     tokenizer.no_padding()
     s = processor.specials
-    names = {"pad_token": pad_token or s.pad, "mask_token": s.mask, "cls_token": s.cls, "sep_token": s.sep, "unk_token": s.unk}
+    names = {"pad_token": pad_token or s.pad, "mask_token": s.mask, "cls_token": s.cls, "sep_token": s.sep}
+    names["unk_token"] = s.unk
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, model_max_length=max_length, **{k: v for k, v in names.items() if v}
     )
