@@ -329,17 +329,19 @@ def finetune(
     typer.echo(f"wrote {output / 'eval.json'}")
 
 
+_FORMATS_HELP = "timm, open_clip, hf (= transformers, sentence_transformers), torch_export or safetensors."
+
+
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmssl train`.")],
-    format: Annotated[
-        str, typer.Option("--format", "-f", help="A registered export format: hf, open_clip, safetensors, ...")
-    ] = "safetensors",
+    format: Annotated[str, typer.Option("--format", "-f", help=_FORMATS_HELP)] = "safetensors",
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (replaced only if an export).")] = ...,
-    modality: Annotated[str | None, typer.Option(help="hf: which transformers-based modality to export.")] = None,
+    modality: Annotated[str | None, typer.Option(help="Modality to export (default: the only one that fits).")] = None,
     trust_plugins: TrustPlugins = False,
 ) -> None:
-    """Export a run's encoders for tools without mmssl: a transformers folder, an open_clip model, or safetensors."""
+    """Export a run's encoders for tools without mmssl (timm, open_clip, transformers, sentence-transformers,
+    torch.export, safetensors)."""
     from mmssl.export.formats import EXPORT_FORMATS
     from mmssl.plugins import PluginError
     from mmssl.registry import RegistryError

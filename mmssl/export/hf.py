@@ -88,17 +88,28 @@ embedding = {pool}"""
 
 
 @register_export_format("hf", per_modality=True)
+@register_export_format("transformers", per_modality=True)
+@register_export_format("sentence_transformers", per_modality=True)
 def export_hf(run_dir: Path, output: Path, modality: str | None = None, trust_plugins: bool = False) -> Path:
     """Write the run's transformers encoder of ``modality`` (LoRA merged) as a Hugging Face model folder.
 
+    A run without a transformers-based encoder exports its own text encoder trained from scratch instead
+    (``mmssl.export.hf_scratch``: an XLM-RoBERTa-XL folder that is also a sentence-transformers model).
+
     Raises:
-        ValueError: The run has no (or several, without ``modality``) transformers-based encoders.
+        ValueError: The run has no (or several, without ``modality``) transformers-based or own text encoders.
         FileExistsError: ``output`` is a non-empty folder that is not an earlier export.
     """
+    from mmssl.export.hf_scratch import export_hf_scratch
     from mmssl.run import load_run
 
     run = load_run(run_dir, trust_plugins=trust_plugins)
     recipe = run.plan.recipe
+    found = transformers_modalities(recipe)
+    if (modality is None and not found) or (modality is not None and modality not in found):
+        if modality is not None and modality in recipe.modalities and recipe.modalities[modality].encoder:
+            pick_modality(recipe, modality)  # a released encoder of another library: say so
+        return export_hf_scratch(run, Path(run_dir), Path(output), modality)
     m = pick_modality(recipe, modality)
     released = run.plan.released[m]
     encoder = merge_lora(copy.deepcopy(run.model.encoders[m]))

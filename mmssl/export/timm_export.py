@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from mmssl.export.card import model_card
-from mmssl.export.files import write_folder
+from mmssl.export.files import MARKER, write_folder
 from mmssl.export.formats import register_export_format
 from mmssl.export.own_transformer import (
     NotExportable,
@@ -31,7 +31,6 @@ from mmssl.export.own_transformer import (
 )
 from mmssl.export.pick import pick_modality
 
-MARKER = "mmssl_export.json"
 #: A registered timm ViT whose builder takes every size from ``model_args``.
 ARCHITECTURE = "vit_base_patch16_224"
 
@@ -113,7 +112,7 @@ embedding = F.normalize(model(transform(image).unsqueeze(0)), dim=-1)  # the run
 
 
 @register_export_format("timm", per_modality=True)
-def export_timm(run_dir: Path, output: Path, modality: str | None = None) -> Path:
+def export_timm(run_dir: Path, output: Path, modality: str | None = None, trust_plugins: bool = False) -> Path:
     """Write the run's own ViT encoder of ``modality`` (default: the only one) as a timm model folder.
 
     Raises:
@@ -125,7 +124,7 @@ def export_timm(run_dir: Path, output: Path, modality: str | None = None) -> Pat
     from mmssl.run import load_run
 
     run_dir, output = Path(run_dir), Path(output)
-    run = load_run(run_dir)
+    run = load_run(run_dir, trust_plugins=trust_plugins)
     m, (vit, stem) = pick_modality(run, modality, _read_vit, "timm")
     head = projection_matrix(run.model.projections[m], m)
     args = timm_model_args(vit, stem, 0 if head is None else head.shape[0])
