@@ -129,7 +129,9 @@ def evaluate(run: Run, device: torch.device | str = "cpu") -> EvalReport:
         load_split=lambda split: load_source(run.plan, split),
         build_random_model=lambda: random_init_model(run.plan, run.processors),
         device=device,
-        baseline_name="released" if any(s.encoder for s in run.plan.recipe.modalities.values()) else "random_init",
+        baseline_name="released"
+        if any(s.encoder and s.encoder.init == "released" for s in run.plan.recipe.modalities.values())
+        else "random_init",
         on_error=run.plan.recipe.data.on_error,
     )
 

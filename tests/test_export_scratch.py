@@ -88,7 +88,7 @@ def test_timm_and_transformers_exports_give_mmssl_embeddings(image_text: Path) -
     cli("export", str(image_text), "--format", "timm", "--output", str(root / "timm"))
     cli("export", str(image_text), "--format", "hf", "--modality", "text", "--output", str(root / "hf"))
     found = run_check("check_timm.py", root / "timm", root / "image.safetensors")
-    assert found["timm image"] < MAX_DIFF
+    assert found["timm image (folder)"] < MAX_DIFF
     found = run_check("check_text.py", root / "hf", root / "text.safetensors", root / "texts.json")
     assert found["transformers text"] < MAX_DIFF and found["sentence-transformers text"] < MAX_DIFF
 
@@ -152,3 +152,22 @@ def test_general_route_gives_mmssl_embeddings(modality: str, tmp_path: Path) -> 
     found = run_check("check_program.py", tmp_path / "export", tmp_path / "batches.safetensors",
                       tmp_path / "ref.safetensors", name)  # fmt: skip
     assert found[name] < MAX_DIFF
+
+
+def test_timm_resnet_from_random_init_trains_and_exports(tmp_path: Path) -> None:
+    """recipes/image/resnet_simclr_scratch.yaml (a smaller ResNet, a few rows): trains from timm's random init,
+    its baseline is named random_init, and its timm export loads from the folder and by name with an overlay."""
+    recipe = ROOT / "recipes" / "image" / "resnet_simclr_scratch.yaml"
+    run = tmp_path / "run"
+    cli("train", str(recipe), "train.steps=2", "train.batch_size=8", "data.train.limit=32", "data.bank.limit=32",
+        "data.test.limit=16", "modalities.image.encoder.kwargs={in_chans: 1, num_classes: 0, layers: [1, 1, 1, 1]}",
+        "--output", str(run))  # fmt: skip
+    results = json.loads((run / "eval.json").read_text())
+    assert "knn_top1_random_init" in results and "knn_top1_released" not in results
+    cli("embed", str(run), "--modality", "image", "--split", "test", "-o", str(tmp_path / "ref.safetensors"))
+    cli("export", str(run), "--format", "timm", "--output", str(tmp_path / "timm"))
+    config = json.loads((tmp_path / "timm" / "config.json").read_text())
+    assert config["architecture"] == "resnet18" and config["pretrained_cfg"]["input_size"] == [1, 28, 28]
+    for how in ("folder", "overlay"):
+        found = run_check("check_timm.py", tmp_path / "timm", tmp_path / "ref.safetensors", how)
+        assert found[f"timm image ({how})"] < MAX_DIFF

@@ -106,14 +106,17 @@ class TimmOptions(EncoderSpec):
 
 @register_encoder_library("timm", TimmOptions)
 def load_timm(spec: Any, base_dir: Path) -> Released:
-    """Build ``spec.model`` with timm (``pretrained=False``) and load the weights of ``spec.path``."""
+    """Build ``spec.model`` with timm (``pretrained=False``) and load the weights of ``spec.path`` (none with
+    ``init: random``: the architecture trains from timm's random initialisation, fed by the plugin's own
+    preprocessing)."""
     import timm
     from timm.data import resolve_data_config
 
-    if spec.path is None:
-        raise ReleasedError("library timm needs `path`: a .safetensors or torch checkpoint file")
-    path = resolve_path(spec.path, base_dir)
-    state = read_state_dict(path)
+    random = spec.init == "random"
+    if spec.path is None and not random:
+        raise ReleasedError("library timm needs `path`: a .safetensors or torch checkpoint file (or init: random)")
+    path = None if random else resolve_path(spec.path, base_dir)
+    state = None if random else read_state_dict(path)
     try:
         model = timm.create_model(spec.model, pretrained=False, **spec.kwargs)
     except Exception as err:  # unknown model name (RuntimeError), bad kwargs (TypeError)
@@ -121,7 +124,8 @@ def load_timm(spec: Any, base_dir: Path) -> Released:
             f"encoder.model {spec.model!r} with kwargs {spec.kwargs}: timm cannot build it: {err}"
         ) from err
     try:
-        model.load_state_dict(state, strict=True)
+        if state is not None:
+            model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ReleasedError(
             f"encoder.path {path!r} does not fit timm model {spec.model!r} with kwargs {spec.kwargs} "
@@ -132,7 +136,7 @@ def load_timm(spec: Any, base_dir: Path) -> Released:
     if built:  # the pretrained config names the default size, not the one img_size= built the model for
         config["input_size"] = (config["input_size"][0], *tuple(built))
     channels, height, width = config["input_size"]
-    if channels != 3 or height != width:
+    if not random and (channels != 3 or height != width):
         raise ReleasedError(
             f"timm model {spec.model!r}: input {config['input_size']}; the image plugin feeds square RGB images"
         )
@@ -151,6 +155,7 @@ def load_timm(spec: Any, base_dir: Path) -> Released:
         "kwargs": dict(spec.kwargs),
         "path": path,
         "pooling": spec.pooling,
+        "init": spec.init,
         "num_prefix_tokens": encoder.prefix,
         "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
         "preprocessing": preprocessing.to_json(),

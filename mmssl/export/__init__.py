@@ -5,4 +5,4 @@ The built-in formats, registered in ``EXPORT_FORMATS`` on import (``@register_ex
 """
 
 # Importing the modules registers the built-in formats.
-from mmssl.export import hf, open_clip, safetensors_export, timm_export  # noqa: F401
+from mmssl.export import hf, open_clip, safetensors_export, timm_export, torch_export  # noqa: F401

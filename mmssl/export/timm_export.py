@@ -12,6 +12,7 @@ sine-cosine positions (stored as timm's ``pos_embed``), LayerNorm eps 1e-6 and e
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,19 @@ ARCHITECTURE = "vit_base_patch16_224"
 
 def _read_vit(encoder: Any, modality: str) -> tuple[OwnTransformer, PatchStem]:
     return read_transformer(encoder, modality), read_patch_stem(encoder, modality)
+
+
+def _read_image_encoder(encoder: Any, modality: str) -> Any:
+    """An own ViT (``(OwnTransformer, PatchStem)``) or a timm model (``nn.Module``) with its own pooling."""
+    model = getattr(encoder, "model", None)
+    if model is not None and hasattr(model, "pretrained_cfg") and hasattr(model, "reset_classifier"):
+        if getattr(encoder, "pooling", "default") != "default":
+            raise NotExportable(
+                f"modality {modality!r}: encoder.pooling {encoder.pooling!r} is not the timm model's own pooling; "
+                "train with pooling: default, or use --format torch_export"
+            )
+        return model
+    return _read_vit(encoder, modality)
 
 
 def timm_model_args(vit: OwnTransformer, stem: PatchStem, num_classes: int) -> dict[str, Any]:
@@ -108,7 +122,10 @@ model = timm.create_model("local-dir:{output}", pretrained=True).eval()
 config = timm.data.resolve_data_config({{}}, model=model)  # input size, mean, std of the training run
 transform = timm.data.create_transform(**config)
 embedding = F.normalize(model(transform(image).unsqueeze(0)), dim=-1)  # the run's shared space
-# model.reset_classifier(0) gives the pooled encoder features instead"""
+# model.reset_classifier(0) gives the pooled encoder features instead
+# or by architecture name, with config.json's model_args and pretrained_cfg:
+#   timm.create_model(config["architecture"], pretrained=True, **config["model_args"],
+#                     pretrained_cfg_overlay=dict(config["pretrained_cfg"], file="{output}/model.safetensors"))"""
 
 
 @register_export_format("timm", per_modality=True)
@@ -125,14 +142,30 @@ def export_timm(run_dir: Path, output: Path, modality: str | None = None, trust_
 
     run_dir, output = Path(run_dir), Path(output)
     run = load_run(run_dir, trust_plugins=trust_plugins)
-    m, (vit, stem) = pick_modality(run, modality, _read_vit, "timm")
+    m, found = pick_modality(run, modality, _read_image_encoder, "timm")
     head = projection_matrix(run.model.projections[m], m)
-    args = timm_model_args(vit, stem, 0 if head is None else head.shape[0])
-    preprocessing = image_preprocessing(run.processors[m], stem)
-    model = timm.create_model(ARCHITECTURE, pretrained=False, **args)
-    model.load_state_dict(timm_state_dict(vit, stem, head), strict=True)
-    cfg = {**model.pretrained_cfg, **preprocessing, "architecture": ARCHITECTURE, "num_classes": args["num_classes"]}
-    for key in ("hf_hub_id", "url", "file", "source", "tag", "license", "paper_ids", "origin_url"):
+    num_classes = 0 if head is None else head.shape[0]
+    if isinstance(found, tuple):  # an own ViT: rebuilt as timm's VisionTransformer
+        vit, stem = found
+        architecture, args = ARCHITECTURE, timm_model_args(vit, stem, num_classes)
+        preprocessing = image_preprocessing(run.processors[m], stem)
+        model = timm.create_model(ARCHITECTURE, pretrained=False, **args)
+        model.load_state_dict(timm_state_dict(vit, stem, head), strict=True)
+    else:  # a timm model (released or from random init): its weights, the run's projection as its head
+        spec = run.plan.recipe.modalities[m].encoder
+        architecture, args = spec.model, {**spec.kwargs, "num_classes": num_classes}
+        model = copy.deepcopy(found).cpu().eval()
+        model.reset_classifier(num_classes)
+        if head is not None:
+            classifier = model.get_classifier()
+            classifier.weight.data.copy_(head)
+            classifier.bias.data.zero_()
+        size = int(run.processors[m].options.image_size)
+        channels = int(run.processors[m].options.channels)
+        preprocessing = image_preprocessing(run.processors[m], PatchStem(channels, 0, size, *([torch.empty(0)] * 3)))
+    cfg = {**model.pretrained_cfg, **preprocessing, "architecture": architecture, "num_classes": num_classes}
+    drop = ("hf_hub_id", "url", "file", "source", "tag", "license", "paper_ids", "origin_url", "test_input_size")
+    for key in (*drop, "test_crop_pct"):
         cfg.pop(key, None)
     model.pretrained_cfg = cfg
 

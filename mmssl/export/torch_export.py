@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from mmssl.export.card import model_card
 from mmssl.export.files import MARKER, write_folder
-from mmssl.export.formats import register_format
+from mmssl.export.formats import register_export_format
 from mmssl.export.own_transformer import NotExportable
 from mmssl.modality import ModalityBatch
 
@@ -163,7 +163,7 @@ names = [entry["name"] for entry in __import__("json").load(open("{output}/input
 embedding, pooled = program(*[inputs[name] for name in names])  # [B, E] unit norm, [B, D]"""
 
 
-@register_format("torch_export")
+@register_export_format("torch_export", per_modality=True)
 def export_torch(run_dir: Path, output: Path, modality: str | None = None, trust_plugins: bool = False) -> Path:
     """Write the embedding program of ``modality`` (default: the run's only modality) with its preprocessing.
 
