@@ -124,6 +124,13 @@ class TrainSpec(Strict):
     clip_grad: float | None = Field(1.0, gt=0, description="Max gradient norm; null disables clipping.")
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="Mixed precision through Accelerate.")
     log_every: int = Field(10, ge=1)
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description=(
+            "Experiment trackers (through Accelerate), all local and offline: tensorboard (tb/), wandb (offline, "
+            "wandb/), mlflow (file store mlruns/). The recipe is logged as parameters, eval.json as eval/* metrics."
+        ),
+    )
     checkpoint_every: int = Field(
         0, ge=0, description="Save a resumable checkpoint every N steps (0: only at the end)."
     )

@@ -19,6 +19,7 @@ from mmssl.plugins import check_plugin_files
 from mmssl.recipe import Recipe
 from mmssl.train import checkpoint as ckpt
 from mmssl.train import integrity
+from mmssl.train.trackers import log_evaluation
 
 
 @dataclass
@@ -142,4 +143,5 @@ def evaluate(run: Run, device: torch.device | str = "cpu") -> EvalReport:
     rng = torch.get_rng_state()
     report = run_evaluations(run.plan.evaluations, ctx, on_update=write)
     torch.set_rng_state(rng)
+    log_evaluation(run.path, list(run.plan.recipe.train.report_to), report.results, run.plan.recipe.train.steps)
     return report

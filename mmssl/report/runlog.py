@@ -19,11 +19,13 @@ class RunLog:
 
     Attributes:
         steps: metric name -> (steps, values), from ``metrics.jsonl``.
-        evaluation: ``eval.json`` as written (flat name -> number), empty when absent.
+        evaluation: The metrics of ``eval.json`` (flat name -> number), empty when absent.
+        errors: Evaluations that failed (``eval.json``'s ``errors``): label -> error.
     """
 
     steps: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
     evaluation: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
 
     def objective_groups(self) -> dict[str, list[str]]:
         """Objective label -> its logged term names (``clip`` -> ``clip/loss``, ``clip/acc``, ...)."""
@@ -94,5 +96,7 @@ def read_run_log(run_dir: Path) -> RunLog:
         log.steps = dict(series)
     evaluation = Path(run_dir) / "eval.json"
     if evaluation.is_file():
-        log.evaluation = {k: float(v) for k, v in json.loads(evaluation.read_text()).items()}
+        found = json.loads(evaluation.read_text())  # metrics, plus "errors" / "skipped_rows" sections
+        log.evaluation = {k: float(v) for k, v in found.items() if isinstance(v, int | float)}
+        log.errors = dict(found.get("errors") or {})
     return log
