@@ -68,3 +68,21 @@ def test_the_page_shows_exactly_the_numbers_of_eval_json(trained: tuple[Path, st
 def test_report_command_on_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "not an mmssl run folder" in result.output
+
+
+def test_export_card_carries_report_plots_and_evaluation_table(trained: tuple[Path, str], tmp_path: Path) -> None:
+    run, _ = trained
+    out = tmp_path / "timm"
+    result = CliRunner().invoke(app, ["export", str(run), "--format", "timm", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    card = (out / "README.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\((report/[^)]+\.png)\)", card)
+    assert {"report/evaluation.png", "report/loss.png", "report/monitors.png", "report/embedding_map.png"} <= set(links)
+    for link in links:
+        assert (out / link).read_bytes() == (run / link).read_bytes()
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert "| metric | trained | random init | raw input | chance |" in card
+    row = next(line for line in card.splitlines() if line.startswith("| knn_top1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    expected = [evaluation[k] for k in ("knn_top1", "knn_top1_random_init", "knn_top1_raw", "knn_chance")]
+    assert [float(c) for c in cells[1:]] == pytest.approx(expected, abs=5e-5)  # shown with 4 decimals

@@ -17,7 +17,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from mmssl.encoders.adapt import merge_lora
-from mmssl.export.card import model_card
+from mmssl.export.card import copy_report_figures, model_card
 from mmssl.export.files import MARKER, write_folder
 from mmssl.export.formats import register_export_format
 
@@ -150,5 +150,6 @@ def export_hf(run_dir: Path, output: Path, modality: str | None = None, trust_pl
         snippet = _snippet(output, pooling, kind, preprocessing.get("max_length"))
         card = model_card(recipe, "hf", {m: preprocessing}, snippet, Path(run_dir))
         (tmp / "README.md").write_text(card)
+        copy_report_figures(Path(run_dir), tmp)
 
     return write_folder(output, fill, MARKER)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from mmssl.export.card import model_card
+from mmssl.export.card import copy_report_figures, model_card
 from mmssl.export.files import MARKER, write_folder
 from mmssl.export.own_transformer import (
     NotExportable,
@@ -189,5 +189,6 @@ def export_hf_scratch(run: Any, run_dir: Path, output: Path, modality: str | Non
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
         card = model_card(run.plan.recipe, "hf", {m: preprocessing}, _snippet(output, vit.pool), Path(run_dir))
         (tmp / "README.md").write_text(card)
+        copy_report_figures(Path(run_dir), tmp)
 
     return write_folder(output, fill, MARKER)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mmssl.encoders.adapt import merge_lora
-from mmssl.export.card import model_card
+from mmssl.export.card import REPORT_FOLDER, model_card, report_figures
 from mmssl.export.files import MARKER, write_folder
 from mmssl.export.formats import register_export_format
 
@@ -234,5 +234,6 @@ def export_open_clip(run_dir: Path, output: Path, trust_plugins: bool = False) -
         "README.md": card.encode(),
         MARKER: (json.dumps({"run": str(run_dir.resolve()), "format": "open_clip"}) + "\n").encode(),
     }
+    files |= {f"{REPORT_FOLDER}/{f.name}": f.read_bytes() for f in report_figures(run_dir).values()}
     _write_folder(output, files)
     return output

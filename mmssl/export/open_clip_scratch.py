@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmssl.export.card import model_card
+from mmssl.export.card import copy_report_figures, model_card
 from mmssl.export.files import write_folder
 from mmssl.export.own_transformer import (
     BlockWeights,
@@ -229,5 +229,6 @@ def export_open_clip_scratch(run: Any, run_dir: Path, output: Path, logit_terms:
             raise NotExportable(f"open_clip export: the [POOL] token got id {pool_id}, not {expected}")
         card = model_card(run.plan.recipe, "open_clip", card_preprocessing, _snippet(output), run_dir)
         (tmp / "README.md").write_text(card)
+        copy_report_figures(Path(run_dir), tmp)
 
     return write_folder(output, fill, CONFIG_FILE)

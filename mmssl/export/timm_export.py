@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mmssl.export.card import model_card
+from mmssl.export.card import copy_report_figures, model_card
 from mmssl.export.files import MARKER, write_folder
 from mmssl.export.formats import register_export_format
 from mmssl.export.own_transformer import (
@@ -175,5 +175,6 @@ def export_timm(run_dir: Path, output: Path, modality: str | None = None, trust_
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
         card = model_card(run.plan.recipe, "timm", {m: preprocessing}, _snippet(output), run_dir)
         (tmp / "README.md").write_text(card)
+        copy_report_figures(Path(run_dir), tmp)
 
     return write_folder(output, fill, MARKER)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from mmssl.export.card import model_card
+from mmssl.export.card import copy_report_figures, model_card
 from mmssl.export.files import MARKER, write_folder
 from mmssl.export.formats import register_export_format
 from mmssl.export.own_transformer import NotExportable
@@ -206,5 +206,6 @@ def export_torch(run_dir: Path, output: Path, modality: str | None = None, trust
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
         card = model_card(run.plan.recipe, "torch_export", {modality: preprocessing}, _snippet(output), run_dir)
         (tmp / "README.md").write_text(card)
+        copy_report_figures(Path(run_dir), tmp)
 
     return write_folder(output, fill, MARKER)
