@@ -125,6 +125,7 @@ GENERAL = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", sorted(GENERAL))
 def test_general_route_gives_mmssl_embeddings(modality: str, tmp_path: Path) -> None:
     """torch_export of a from-scratch encoder, run with plain torch on batches of another size than exported."""
@@ -154,6 +155,7 @@ def test_general_route_gives_mmssl_embeddings(modality: str, tmp_path: Path) -> 
     assert found[name] < MAX_DIFF
 
 
+@pytest.mark.slow
 def test_timm_resnet_from_random_init_trains_and_exports(tmp_path: Path) -> None:
     """recipes/image/resnet_simclr_scratch.yaml (a smaller ResNet, a few rows): trains from timm's random init,
     its baseline is named random_init, and its timm export loads from the folder and by name with an overlay."""
@@ -171,3 +173,21 @@ def test_timm_resnet_from_random_init_trains_and_exports(tmp_path: Path) -> None
     for how in ("folder", "overlay"):
         found = run_check("check_timm.py", tmp_path / "timm", tmp_path / "ref.safetensors", how)
         assert found[f"timm image ({how})"] < MAX_DIFF
+
+
+@pytest.mark.slow
+def test_transformers_config_from_random_init_trains_and_exports(image_text: Path, tmp_path: Path) -> None:
+    """A RoBERTa config trained from random init on the run's own tokenizer exports to transformers +
+    sentence-transformers with mmssl's embeddings."""
+    root = image_text.parent
+    encoder = ("modalities.text.encoder={library: transformers, init: random, kwargs: {model_type: roberta, "
+               "hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, vocab_size: 64, "
+               "max_position_embeddings: 20, pad_token_id: 0}}")  # fmt: skip
+    run = tmp_path / "run"
+    cli("train", str(TINY), "train.steps=2", encoder, "objectives=[{name: clip, modalities: [image, text]}]",
+        "--no-eval", "--no-report", "--output", str(run))  # fmt: skip
+    cli("embed", str(run), "--modality", "text", "--split", "test", "-o", str(tmp_path / "text.safetensors"))
+    cli("export", str(run), "--format", "hf", "--output", str(tmp_path / "hf"))
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "roberta"
+    found = run_check("check_text.py", tmp_path / "hf", tmp_path / "text.safetensors", root / "texts.json")
+    assert found["transformers text"] < MAX_DIFF and found["sentence-transformers text"] < MAX_DIFF

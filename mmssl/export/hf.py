@@ -100,7 +100,8 @@ def export_hf(run_dir: Path, output: Path, modality: str | None = None, trust_pl
         ValueError: The run has no (or several, without ``modality``) transformers-based or own text encoders.
         FileExistsError: ``output`` is a non-empty folder that is not an earlier export.
     """
-    from mmssl.export.hf_scratch import export_hf_scratch
+    from mmssl.export.hf_scratch import export_hf_scratch, sentence_transformers_files
+    from mmssl.export.tokenizer_files import save_tokenizer
     from mmssl.run import load_run
 
     run = load_run(run_dir, trust_plugins=trust_plugins)
@@ -116,7 +117,8 @@ def export_hf(run_dir: Path, output: Path, modality: str | None = None, trust_pl
     hf_model = encoder.model
     pooling = released.export.get("pooling", getattr(encoder, "pooling", "mean"))
     kind = released.preprocessing.input
-    sources = [Path(released.export["path"])]
+    origin = Path(released.export["path"]) if released.export.get("path") else None  # None: random init
+    sources = [origin] if origin is not None else []
     if released.preprocessing.tokenizer:
         sources.insert(0, Path(released.preprocessing.tokenizer))
     preprocessing = effective_preprocessing(released.preprocessing.to_json(), run.plan.modality_options[m])
@@ -131,8 +133,12 @@ def export_hf(run_dir: Path, output: Path, modality: str | None = None, trust_pl
                 if (folder / name).is_file():
                     shutil.copy2(folder / name, tmp / name)
                     break
-        origin = Path(released.export["path"])
-        if kind == "tokens" and pooling == "mean" and (origin / "modules.json").is_file():
+        if origin is None and kind == "tokens":  # trained from random init on the run's own tokenizer
+            length = int(run.plan.modality_options[m].max_length)
+            save_tokenizer(run.processors[m], tmp, length, pool_token=False)
+            weight = projection.get("weight")
+            sentence_transformers_files(tmp, encoder.width, pooling, weight, length)
+        if origin is not None and kind == "tokens" and pooling == "mean" and (origin / "modules.json").is_file():
             for name in SENTENCE_TRANSFORMERS_FILES:
                 if (origin / name).is_file():
                     shutil.copy2(origin / name, tmp / name)

@@ -99,14 +99,15 @@ def xlmr_state_dict(vit: OwnTransformer, stem: WordStem) -> dict[str, torch.Tens
 
 
 def sentence_transformers_files(
-    folder: Path, vit: OwnTransformer, projection: torch.Tensor | None, max_length: int
+    folder: Path, width: int, pool: str, projection: torch.Tensor | None, max_length: int
 ) -> None:
-    """``modules.json`` and the Pooling / Dense / Normalize module folders of sentence-transformers."""
+    """``modules.json`` and the Pooling (``cls``: first token, ``mean``) / Dense (``projection`` [E, D], no bias) /
+    Normalize module folders of sentence-transformers."""
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
     pooling = {
-        "word_embedding_dimension": vit.width,
-        "pooling_mode_cls_token": vit.pool == "cls",
-        "pooling_mode_mean_tokens": vit.pool == "mean",
+        "word_embedding_dimension": width,
+        "pooling_mode_cls_token": pool == "cls",
+        "pooling_mode_mean_tokens": pool == "mean",
         "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False,
     }
@@ -184,7 +185,7 @@ def export_hf_scratch(run: Any, run_dir: Path, output: Path, modality: str | Non
         pool_id = save_tokenizer(run.processors[m], tmp, max_length, pool_token=vit.pool == "cls")
         if pool_id is not None and pool_id != stem.vocab_size:
             raise NotExportable(f"hf export: the [POOL] token got id {pool_id}, not {stem.vocab_size}")
-        sentence_transformers_files(tmp, vit, projection, max_length)
+        sentence_transformers_files(tmp, vit.width, vit.pool, projection, max_length)
         info = {"format": "hf", "modality": m, "pooling": vit.pool, "run": str(Path(run_dir).resolve())}
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
         card = model_card(run.plan.recipe, "hf", {m: preprocessing}, _snippet(output, vit.pool), Path(run_dir))
