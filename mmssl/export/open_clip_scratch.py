@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from mmssl.export.card import copy_report_figures, model_card
-from mmssl.export.files import write_folder
+from mmssl.export.files import MARKER, write_folder
 from mmssl.export.own_transformer import (
     BlockWeights,
     NotExportable,
@@ -227,8 +227,10 @@ def export_open_clip_scratch(run: Any, run_dir: Path, output: Path, logit_terms:
         if pool_id != text_cfg["vocab_size"] - 1:
             expected = text_cfg["vocab_size"] - 1
             raise NotExportable(f"open_clip export: the [POOL] token got id {pool_id}, not {expected}")
+        info = {"format": "open_clip", "run": str(Path(run_dir).resolve()), "towers": [image, text]}
+        (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
         card = model_card(run.plan.recipe, "open_clip", card_preprocessing, _snippet(output), run_dir)
         (tmp / "README.md").write_text(card)
         copy_report_figures(Path(run_dir), tmp)
 
-    return write_folder(output, fill, CONFIG_FILE)
+    return write_folder(output, fill, MARKER)
