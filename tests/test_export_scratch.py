@@ -1,5 +1,6 @@
 """Encoders trained from scratch leave mmssl: exports to timm, open_clip, transformers, sentence-transformers and
-torch.export give, in a fresh Python process that never imports mmssl, the embeddings ``mmssl embed`` gives.
+torch.export give, in a fresh Python process that never imports mmssl, the shared-space embeddings
+``mmssl embed --features projected`` gives.
 
 Each check script in ``tests/export_scripts/`` prepares its inputs with the target library (or numpy) only and
 prints the max absolute difference of the unit-normalised embeddings as JSON.
@@ -60,7 +61,8 @@ def image_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = root / "run"
     cli("train", str(TINY), "train.steps=3", "--no-eval", "--output", str(run))
     for modality in ("image", "text"):
-        cli("embed", str(run), "--modality", modality, "--split", "test", "-o", str(root / f"{modality}.safetensors"))
+        out = str(root / f"{modality}.safetensors")
+        cli("embed", str(run), "--features", "projected", "--modality", modality, "--split", "test", "-o", out)
     from mmssl.build import load_source
     from mmssl.run import load_run
 
@@ -136,8 +138,9 @@ def test_general_route_gives_mmssl_embeddings(modality: str, tmp_path: Path) -> 
 
     recipe, split, overrides = GENERAL[modality]
     run = tmp_path / "run"
-    cli("train", str(recipe), "train.steps=2", *overrides, "--no-eval", "--output", str(run))
-    cli("embed", str(run), "--modality", modality, "--split", split, "-o", str(tmp_path / "ref.safetensors"))
+    cli("train", str(recipe), "train.steps=2", "train.warmup_steps=0", *overrides, "--no-eval", "--output", str(run))
+    cli("embed", str(run), "--features", "projected", "--modality", modality, "--split", split,
+        "-o", str(tmp_path / "ref.safetensors"))  # fmt: skip
     cli("export", str(run), "--format", "torch_export", "--output", str(tmp_path / "export"))
     names = [e["name"] for e in json.loads((tmp_path / "export" / "inputs.json").read_text())]
     loaded = load_run(run)
@@ -161,12 +164,14 @@ def test_timm_resnet_from_random_init_trains_and_exports(tmp_path: Path) -> None
     its baseline is named random_init, and its timm export loads from the folder and by name with an overlay."""
     recipe = ROOT / "recipes" / "image" / "resnet_simclr_scratch.yaml"
     run = tmp_path / "run"
-    cli("train", str(recipe), "train.steps=2", "train.batch_size=8", "data.train.limit=32", "data.bank.limit=32",
+    cli("train", str(recipe), "train.steps=2", "train.warmup_steps=0", "train.batch_size=8", "data.train.limit=32",
+        "data.bank.limit=32",
         "data.test.limit=16", "modalities.image.encoder.kwargs={in_chans: 1, num_classes: 0, layers: [1, 1, 1, 1]}",
         "--output", str(run))  # fmt: skip
     results = json.loads((run / "eval.json").read_text())
     assert "knn_top1_random_init" in results and "knn_top1_released" not in results
-    cli("embed", str(run), "--modality", "image", "--split", "test", "-o", str(tmp_path / "ref.safetensors"))
+    cli("embed", str(run), "--features", "projected", "--modality", "image", "--split", "test",
+        "-o", str(tmp_path / "ref.safetensors"))  # fmt: skip
     cli("export", str(run), "--format", "timm", "--output", str(tmp_path / "timm"))
     config = json.loads((tmp_path / "timm" / "config.json").read_text())
     assert config["architecture"] == "resnet18" and config["pretrained_cfg"]["input_size"] == [1, 28, 28]
@@ -186,7 +191,8 @@ def test_transformers_config_from_random_init_trains_and_exports(image_text: Pat
     run = tmp_path / "run"
     cli("train", str(TINY), "train.steps=2", encoder, "objectives=[{name: clip, modalities: [image, text]}]",
         "--no-eval", "--no-report", "--output", str(run))  # fmt: skip
-    cli("embed", str(run), "--modality", "text", "--split", "test", "-o", str(tmp_path / "text.safetensors"))
+    cli("embed", str(run), "--features", "projected", "--modality", "text", "--split", "test",
+        "-o", str(tmp_path / "text.safetensors"))  # fmt: skip
     cli("export", str(run), "--format", "hf", "--output", str(tmp_path / "hf"))
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "roberta"
     found = run_check("check_text.py", tmp_path / "hf", tmp_path / "text.safetensors", root / "texts.json")
