@@ -121,7 +121,9 @@ def build_report(
         sections.append(_table(table))
         sections.append(_img(add("evaluation", plots.evaluation_bars(table, output / "evaluation.png")), "evaluation"))
     else:
-        sections.append('<p class="note">No eval.json (run <code>mmssl eval RUN_DIR</code>).</p>')
+        sections.append('<p class="note">No evaluation results (run <code>mmssl eval RUN_DIR</code>).</p>')
+    for label, error in log.errors.items():
+        sections.append(f'<p class="warn">Evaluation {html.escape(label)} failed: {html.escape(str(error))}</p>')
 
     recipe_name = run_dir.name
     if with_model:
