@@ -104,6 +104,16 @@ def test_exports_say_which_format_fits_which_encoder(image_text: Path, tmp_path:
 
 
 GENERAL = {
+    "audio": (
+        ROOT / "recipes" / "audio" / "asterisk_audio_text.yaml",
+        "test",
+        [
+            "train.batch_size=8", "modalities.audio.options.width=16", "modalities.audio.options.depth=1",
+            "modalities.audio.options.heads=2", "modalities.text.options.width=16", "modalities.text.options.depth=1",
+            "modalities.text.options.heads=2", "model.embed_dim=8",
+            "objectives=[{name: clip, modalities: [audio, text]}]", "evaluations=[]",
+        ],
+    ),
     "timeseries": (
         ROOT / "recipes" / "timeseries" / "gunpoint.yaml",
         "test",
@@ -141,7 +151,7 @@ def test_general_route_gives_mmssl_embeddings(modality: str, tmp_path: Path) -> 
     cli("train", str(recipe), "train.steps=2", "train.warmup_steps=0", *overrides, "--no-eval", "--output", str(run))
     cli("embed", str(run), "--features", "projected", "--modality", modality, "--split", split,
         "-o", str(tmp_path / "ref.safetensors"))  # fmt: skip
-    cli("export", str(run), "--format", "torch_export", "--output", str(tmp_path / "export"))
+    cli("export", str(run), "--format", "torch_export", "--modality", modality, "--output", str(tmp_path / "export"))
     names = [e["name"] for e in json.loads((tmp_path / "export" / "inputs.json").read_text())]
     loaded = load_run(run)
     processor, column = loaded.processors[modality], loaded.plan.recipe.column_of(modality)

@@ -136,8 +136,13 @@ def export_program(
     layout, inputs = program_inputs(encoder, batch)
     program = EmbeddingProgram(encoder, projection, layout)
     dynamic = tuple({d: torch.export.Dim.AUTO for d in range(t.ndim)} for t in inputs)
-    with torch.no_grad():
-        exported = torch.export.export(program, inputs, dynamic_shapes=(dynamic,), strict=False)
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(program, inputs, dynamic_shapes=(dynamic,), strict=False)
+    except Exception:  # an encoder that needs fixed lengths (e.g. caches keyed by shape): only the batch is dynamic
+        batch_only = tuple({0: torch.export.Dim.AUTO} if t.ndim else {} for t in inputs)
+        with torch.no_grad():
+            exported = torch.export.export(program, inputs, dynamic_shapes=(batch_only,), strict=False)
     names = [*layout.names(), "padding_mask"]
     return exported, [_describe(n, t) for n, t in zip(names, inputs, strict=True)], inputs
 
