@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from mmssl.encoders.base import (
@@ -96,12 +96,23 @@ class TimmEncoder(nn.Module):
 
 
 class TimmOptions(EncoderSpec):
-    """``library: timm``: a timm architecture built without weights, then loaded from ``path``."""
+    """``library: timm``: a timm architecture built without weights, then loaded from ``path`` (or trained from
+    random initialisation: ``init: random``, no ``path``)."""
 
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(description="A checkpoint file (.safetensors, or a torch file read with weights_only=True).")
+    path: str | None = Field(
+        None, description="A checkpoint file (.safetensors, or a torch file read with weights_only=True)."
+    )
     model: str = Field(description="timm architecture name (e.g. vit_small_patch16_224).")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments of create_model.")
+
+    @model_validator(mode="after")
+    def _weights(self) -> TimmOptions:
+        if self.init == "random" and self.path is not None:
+            raise ValueError("init: random with timm loads no weights: drop `path`")
+        if self.init == "released" and self.path is None:
+            raise ValueError("give `path` (a checkpoint file), or init: random to train the architecture from scratch")
+        return self
 
 
 @register_encoder_library("timm", TimmOptions)
