@@ -59,7 +59,8 @@ def image_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny quickstart-style run (own ViT + own text transformer, CLIP + SimCLR + MAE + MLM) and its embeddings."""
     root = tmp_path_factory.mktemp("scratch")
     run = root / "run"
-    cli("train", str(TINY), "train.steps=3", "--no-eval", "--output", str(run))
+    # encoder: vit, the quickstart's (auto picks the ResNet for 28-pixel images; it exports through torch_export)
+    cli("train", str(TINY), "train.steps=3", "modalities.image.options.encoder=vit", "--no-eval", "--output", str(run))
     for modality in ("image", "text"):
         out = str(root / f"{modality}.safetensors")
         cli("embed", str(run), "--features", "projected", "--modality", modality, "--split", "test", "-o", out)
@@ -199,7 +200,8 @@ def test_transformers_config_from_random_init_trains_and_exports(image_text: Pat
                "hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, vocab_size: 64, "
                "max_position_embeddings: 20, pad_token_id: 0}}")  # fmt: skip
     run = tmp_path / "run"
-    cli("train", str(TINY), "train.steps=2", encoder, "objectives=[{name: clip, modalities: [image, text]}]",
+    cli("train", str(TINY), "train.steps=2", "modalities.image.options.encoder=vit",
+        encoder, "objectives=[{name: clip, modalities: [image, text]}]",
         "--no-eval", "--no-report", "--output", str(run))  # fmt: skip
     cli("embed", str(run), "--features", "projected", "--modality", "text", "--split", "test",
         "-o", str(tmp_path / "text.safetensors"))  # fmt: skip

@@ -22,6 +22,7 @@ PLOTS = ("loss", "schedule", "monitors", "evaluation", "embedding_map", "retriev
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     run = tmp_path_factory.mktemp("report") / "run"
     overrides = ["train.steps=4", "train.monitor_every=2", "train.monitor_rows=32"]
+    overrides.append("modalities.image.options.encoder=vit")  # the card test exports it to timm
     result = CliRunner().invoke(app, ["train", str(TINY), *overrides, "--output", str(run)])
     assert result.exit_code == 0, result.output
     return run, result.output
