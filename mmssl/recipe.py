@@ -68,6 +68,16 @@ class EncoderSpec(BaseModel):
         "full", description="full: every weight trains; frozen: encoder fixed (LiT-style); lora: `lora` adapters."
     )
     lora: LoraSpec | None = None
+    init: Literal["released", "random"] = Field(
+        "released",
+        description=(
+            "released: load the weights of `path` / `pretrained`; random: the library's architecture trained from "
+            "random initialisation (timm: `model` + `kwargs`, e.g. in_chans; transformers: the config and "
+            "preprocessing files of `path`, or `kwargs.model_type`, with `kwargs` overriding config fields). Without "
+            "`path` the plugin's own options set the input (image size, channels, normalisation fitted on the data, "
+            "its trained tokenizer)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EncoderSpec:
@@ -75,6 +85,8 @@ class EncoderSpec(BaseModel):
             raise ValueError("train: lora needs a `lora` section (r, alpha, target_modules)")
         if self.train != "lora" and self.lora is not None:
             raise ValueError(f"`lora` is given but train is {self.train!r}; set train: lora")
+        if self.init == "random" and self.train != "full":
+            raise ValueError(f"init: random trains every weight; train: {self.train} fits released weights only")
         return self
 
 
@@ -129,6 +141,13 @@ class TrainSpec(Strict):
     clip_grad: float | None = Field(1.0, gt=0, description="Max gradient norm; null disables clipping.")
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="Mixed precision through Accelerate.")
     log_every: int = Field(10, ge=1)
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description=(
+            "Experiment trackers (through Accelerate), all local and offline: tensorboard (tb/), wandb (offline, "
+            "wandb/), mlflow (file store mlruns/). The recipe is logged as parameters, eval.json as eval/* metrics."
+        ),
+    )
     checkpoint_every: int = Field(
         0, ge=0, description="Save a resumable checkpoint every N steps (0: only at the end)."
     )

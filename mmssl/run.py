@@ -20,6 +20,7 @@ from mmssl.recipe import Recipe
 from mmssl.train import checkpoint as ckpt
 from mmssl.train import integrity
 from mmssl.train.dist_checkpoint import checkpoint_tensors, is_sharded_checkpoint
+from mmssl.train.trackers import log_evaluation
 
 
 @dataclass
@@ -133,7 +134,9 @@ def evaluate(run: Run, device: torch.device | str = "cpu") -> EvalReport:
         load_split=lambda split: load_source(run.plan, split),
         build_random_model=lambda: random_init_model(run.plan, run.processors),
         device=device,
-        baseline_name="released" if any(s.encoder for s in run.plan.recipe.modalities.values()) else "random_init",
+        baseline_name="released"
+        if any(s.encoder and s.encoder.init == "released" for s in run.plan.recipe.modalities.values())
+        else "random_init",
         on_error=run.plan.recipe.data.on_error,
     )
 
@@ -144,4 +147,5 @@ def evaluate(run: Run, device: torch.device | str = "cpu") -> EvalReport:
     rng = torch.get_rng_state()
     report = run_evaluations(run.plan.evaluations, ctx, on_update=write)
     torch.set_rng_state(rng)
+    log_evaluation(run.path, list(run.plan.recipe.train.report_to), report.results, run.plan.recipe.train.steps)
     return report

@@ -390,6 +390,8 @@ class OpenClipOptions(EncoderSpec):
 
     @model_validator(mode="after")
     def _weights(self) -> OpenClipOptions:
+        if self.init == "random":
+            raise ValueError("init: random is for timm and transformers; open_clip towers load released weights")
         if self.path is None and self.pretrained is None:
             raise ValueError("give `path` (a checkpoint file) or `pretrained` (an open_clip tag)")
         return self

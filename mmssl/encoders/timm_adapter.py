@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from mmssl.encoders.base import (
@@ -96,24 +96,38 @@ class TimmEncoder(nn.Module):
 
 
 class TimmOptions(EncoderSpec):
-    """``library: timm``: a timm architecture built without weights, then loaded from ``path``."""
+    """``library: timm``: a timm architecture built without weights, then loaded from ``path`` (or trained from
+    random initialisation: ``init: random``, no ``path``)."""
 
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(description="A checkpoint file (.safetensors, or a torch file read with weights_only=True).")
+    path: str | None = Field(
+        None, description="A checkpoint file (.safetensors, or a torch file read with weights_only=True)."
+    )
     model: str = Field(description="timm architecture name (e.g. vit_small_patch16_224).")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments of create_model.")
+
+    @model_validator(mode="after")
+    def _weights(self) -> TimmOptions:
+        if self.init == "random" and self.path is not None:
+            raise ValueError("init: random with timm loads no weights: drop `path`")
+        if self.init == "released" and self.path is None:
+            raise ValueError("give `path` (a checkpoint file), or init: random to train the architecture from scratch")
+        return self
 
 
 @register_encoder_library("timm", TimmOptions)
 def load_timm(spec: Any, base_dir: Path) -> Released:
-    """Build ``spec.model`` with timm (``pretrained=False``) and load the weights of ``spec.path``."""
+    """Build ``spec.model`` with timm (``pretrained=False``) and load the weights of ``spec.path`` (none with
+    ``init: random``: the architecture trains from timm's random initialisation, fed by the plugin's own
+    preprocessing)."""
     import timm
     from timm.data import resolve_data_config
 
-    if spec.path is None:
-        raise ReleasedError("library timm needs `path`: a .safetensors or torch checkpoint file")
-    path = resolve_path(spec.path, base_dir)
-    state = read_state_dict(path)
+    random = spec.init == "random"
+    if spec.path is None and not random:
+        raise ReleasedError("library timm needs `path`: a .safetensors or torch checkpoint file (or init: random)")
+    path = None if random else resolve_path(spec.path, base_dir)
+    state = None if random else read_state_dict(path)
     try:
         model = timm.create_model(spec.model, pretrained=False, **spec.kwargs)
     except Exception as err:  # unknown model name (RuntimeError), bad kwargs (TypeError)
@@ -121,7 +135,8 @@ def load_timm(spec: Any, base_dir: Path) -> Released:
             f"encoder.model {spec.model!r} with kwargs {spec.kwargs}: timm cannot build it: {err}"
         ) from err
     try:
-        model.load_state_dict(state, strict=True)
+        if state is not None:
+            model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ReleasedError(
             f"encoder.path {path!r} does not fit timm model {spec.model!r} with kwargs {spec.kwargs} "
@@ -132,7 +147,7 @@ def load_timm(spec: Any, base_dir: Path) -> Released:
     if built:  # the pretrained config names the default size, not the one img_size= built the model for
         config["input_size"] = (config["input_size"][0], *tuple(built))
     channels, height, width = config["input_size"]
-    if channels != 3 or height != width:
+    if not random and (channels != 3 or height != width):
         raise ReleasedError(
             f"timm model {spec.model!r}: input {config['input_size']}; the image plugin feeds square RGB images"
         )
@@ -151,6 +166,7 @@ def load_timm(spec: Any, base_dir: Path) -> Released:
         "kwargs": dict(spec.kwargs),
         "path": path,
         "pooling": spec.pooling,
+        "init": spec.init,
         "num_prefix_tokens": encoder.prefix,
         "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
         "preprocessing": preprocessing.to_json(),

@@ -16,6 +16,10 @@ from torch import Tensor, nn
 
 from mmssl.modality import EncoderOutput, ModalityBatch
 
+#: LayerNorm epsilon of every block and the final norm: timm's ViT value, so an exported ViT is exact in timm
+#: (whose ``norm_layer`` cannot be given another epsilon from a config file); open_clip and transformers read it.
+NORM_EPS = 1e-6
+
 
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
@@ -44,9 +48,9 @@ class Block(nn.Module):
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
         hidden = int(width * mlp_ratio)
-        self.norm1 = nn.LayerNorm(width)
+        self.norm1 = nn.LayerNorm(width, eps=NORM_EPS)
         self.attn = Attention(width, heads, dropout)
-        self.norm2 = nn.LayerNorm(width)
+        self.norm2 = nn.LayerNorm(width, eps=NORM_EPS)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
         self.drop = nn.Dropout(dropout)
 
@@ -61,7 +65,7 @@ class Transformer(nn.Module):
     def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
-        self.norm = nn.LayerNorm(width)
+        self.norm = nn.LayerNorm(width, eps=NORM_EPS)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Shapes: x [B, N, D]; padding_mask [B, N] bool (True = padding) -> [B, N, D]."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from mmssl.encoders.base import (
@@ -100,18 +100,58 @@ def load_auto_model(path: str) -> nn.Module:
         raise ReleasedError(f"encoder.path {path!r}: transformers could not load a safetensors model: {err}") from err
 
 
+def random_model(spec: Any, path: str | None) -> nn.Module:
+    """``AutoModel.from_config``: the config of ``path`` (or ``kwargs.model_type``) with ``kwargs`` applied."""
+    from transformers import AutoConfig, AutoModel
+
+    overrides = dict(spec.kwargs)
+    try:
+        if path is not None:
+            config = AutoConfig.from_pretrained(path)
+            for key, value in overrides.items():
+                setattr(config, key, value)
+        else:
+            config = AutoConfig.for_model(overrides.pop("model_type"), **overrides)
+        return AutoModel.from_config(config)
+    except Exception as err:  # unknown model type, bad config values, missing folder
+        where = f"the config of {path!r}" if path else "kwargs"
+        raise ReleasedError(f"init: random: transformers cannot build a model from {where}: {err}") from err
+
+
 class TransformersOptions(EncoderSpec):
-    """``library: transformers``: any ``AutoModel`` folder or hub id, read from safetensors only."""
+    """``library: transformers``: any ``AutoModel`` folder or hub id, read from safetensors only; or, with
+    ``init: random``, a config (of ``path``, or ``kwargs.model_type``) trained from random initialisation."""
 
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(description="A model folder or hub id (`package:NAME[/sub]` for a folder in a package).")
+    path: str | None = Field(
+        None, description="A model folder or hub id (`package:NAME[/sub]` for a folder in a package)."
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="init: random: config fields (with model_type when there is no path)."
+    )
+
+    @model_validator(mode="after")
+    def _source(self) -> TransformersOptions:
+        if self.path is None and not (self.init == "random" and "model_type" in self.kwargs):
+            raise ValueError("give `path` (a model folder or hub id), or init: random with kwargs.model_type")
+        if self.kwargs and self.init != "random":
+            raise ValueError("`kwargs` (config fields) apply to init: random only")
+        return self
 
 
 @register_encoder_library("transformers", TransformersOptions, hub_ids=True)
 def load_transformers(spec: Any, base_dir: Path) -> Released:
-    """Load ``spec.path`` with ``AutoModel`` and wrap it for its modality."""
-    path = resolve_path(spec.path, base_dir)
-    model = load_auto_model(path)
+    """Load ``spec.path`` with ``AutoModel`` (or build it from its config, ``init: random``) and wrap it for its
+    modality."""
+    path = None if spec.path is None else resolve_path(spec.path, base_dir)
+    model = random_model(spec, path) if spec.init == "random" else load_auto_model(path)
+    if path is None:  # random init from kwargs alone: the plugin's own preprocessing (e.g. a trained tokenizer)
+        pooling = "mean" if spec.pooling == "default" else spec.pooling
+        export = {"path": None, "model_type": model.config.model_type, "pooling": pooling, "init": "random"}
+        if modality_of(model.config) != "text":
+            raise ReleasedError("init: random from kwargs alone supports text models; give `path` for others")
+        preprocessing = Preprocessing(input="tokens", max_length=int(model.config.max_position_embeddings))
+        return Released(HFTextEncoder(model, pooling), preprocessing, "transformers", export)
     kind = modality_of(model.config)
     export = {"path": path, "model_type": model.config.model_type}
     if kind == "text":

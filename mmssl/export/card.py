@@ -3,10 +3,52 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+#: The report's figures a card shows (``mmssl report``), in order, with their captions.
+CARD_FIGURES = {
+    "evaluation": "Evaluation: trained vs random init (or released) vs raw input vs chance",
+    "loss": "Training loss and every objective term",
+    "monitors": "Label-free monitors (red: collapse warnings)",
+    "embedding_map": "t-SNE of test embeddings by label",
+}
+REPORT_FOLDER = "report"
+
+
+def report_figures(run_dir: Path) -> dict[str, Path]:
+    """The run's report PNGs a card shows (``RUN_DIR/report/<name>.png``), those that exist."""
+    folder = Path(run_dir) / REPORT_FOLDER
+    return {name: folder / f"{name}.png" for name in CARD_FIGURES if (folder / f"{name}.png").is_file()}
+
+
+def copy_report_figures(run_dir: Path, export_dir: Path) -> None:
+    """Copy the figures the card links (``report/<name>.png``) into the export folder."""
+    figures = report_figures(run_dir)
+    if figures:
+        (Path(export_dir) / REPORT_FOLDER).mkdir(exist_ok=True)
+    for file in figures.values():
+        shutil.copy2(file, Path(export_dir) / REPORT_FOLDER / file.name)
+
+
+def _evaluation_lines(found: dict[str, Any]) -> list[str]:
+    """eval.json's metrics as a table: each beside its baselines (random init or released, raw input, chance)."""
+    from mmssl.report.runlog import BASELINE_LABELS, RunLog
+
+    evaluation = {k: float(v) for k, v in found.items() if isinstance(v, int | float)}
+    table = RunLog(evaluation=evaluation).evaluation_table()
+    kinds = [k for k in ("", "random_init", "released", "raw", "chance") if any(k in r for r in table.values())]
+    lines = ["| metric | " + " | ".join(BASELINE_LABELS[k] for k in kinds) + " |"]
+    lines.append("| --- |" + " --- |" * len(kinds))
+    for metric, row in table.items():
+        lines.append(f"| {metric} | " + " | ".join(f"{row[k]:.4f}" if k in row else "" for k in kinds) + " |")
+    shown = {v for row in table.values() for v in row.values()}
+    rest = {k: v for k, v in sorted(evaluation.items()) if v not in shown}
+    lines += [f"| {k} | {v:.4f} |" + " |" * (len(kinds) - 1) for k, v in rest.items()]
+    return lines
 
 
 def _data_lines(recipe: Any) -> list[str]:
@@ -80,10 +122,14 @@ def model_card(recipe: Any, export_format: str, preprocessing: dict[str, Any], l
     if parameters:
         parts += ["", "## Parameters", "```json", json.dumps(parameters, indent=2), "```"]
     if evaluation:
-        parts += ["", "## Evaluation (eval.json of the run)", "| metric | value |", "| --- | --- |"]
-        parts += [f"| {k} | {v:.4f} |" for k, v in sorted(evaluation.items()) if isinstance(v, int | float)]
+        parts += ["", "## Evaluation (eval.json of the run)", *_evaluation_lines(evaluation)]
         failed = {k: str(e).replace("|", "/") for k, e in evaluation.get("errors", {}).items()}
         parts += [f"| {k} | failed: {e} |" for k, e in sorted(failed.items())]
+    figures = report_figures(run_dir)
+    if figures:
+        parts += ["", "## Training report", "", "From `mmssl report` of the training run (`report/`)."]
+        for name, file in figures.items():
+            parts += ["", f"![{CARD_FIGURES[name]}]({REPORT_FOLDER}/{file.name})"]
     return "\n".join(parts) + "\n"
 
 
@@ -93,7 +139,9 @@ def _objective_details(entry: dict[str, Any]) -> str:
 
 
 def _library(export_format: str) -> str:
-    return {"hf": "transformers", "open_clip": "open_clip"}.get(export_format, "safetensors")
+    return {"hf": "transformers", "open_clip": "open_clip", "timm": "timm", "torch_export": "pytorch"}.get(
+        export_format, "safetensors"
+    )
 
 
 def _read_json(file: Path) -> dict[str, Any] | None:

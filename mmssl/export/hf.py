@@ -17,7 +17,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from mmssl.encoders.adapt import merge_lora
-from mmssl.export.card import model_card
+from mmssl.export.card import copy_report_figures, model_card
 from mmssl.export.files import MARKER, write_folder
 from mmssl.export.formats import register_export_format
 
@@ -88,24 +88,37 @@ embedding = {pool}"""
 
 
 @register_export_format("hf", per_modality=True)
+@register_export_format("transformers", per_modality=True)
+@register_export_format("sentence_transformers", per_modality=True)
 def export_hf(run_dir: Path, output: Path, modality: str | None = None, trust_plugins: bool = False) -> Path:
     """Write the run's transformers encoder of ``modality`` (LoRA merged) as a Hugging Face model folder.
 
+    A run without a transformers-based encoder exports its own text encoder trained from scratch instead
+    (``mmssl.export.hf_scratch``: an XLM-RoBERTa-XL folder that is also a sentence-transformers model).
+
     Raises:
-        ValueError: The run has no (or several, without ``modality``) transformers-based encoders.
+        ValueError: The run has no (or several, without ``modality``) transformers-based or own text encoders.
         FileExistsError: ``output`` is a non-empty folder that is not an earlier export.
     """
+    from mmssl.export.hf_scratch import export_hf_scratch, sentence_transformers_files
+    from mmssl.export.tokenizer_files import save_tokenizer
     from mmssl.run import load_run
 
     run = load_run(run_dir, trust_plugins=trust_plugins)
     recipe = run.plan.recipe
+    found = transformers_modalities(recipe)
+    if (modality is None and not found) or (modality is not None and modality not in found):
+        if modality is not None and modality in recipe.modalities and recipe.modalities[modality].encoder:
+            pick_modality(recipe, modality)  # a released encoder of another library: say so
+        return export_hf_scratch(run, Path(run_dir), Path(output), modality)
     m = pick_modality(recipe, modality)
     released = run.plan.released[m]
     encoder = merge_lora(copy.deepcopy(run.model.encoders[m]))
     hf_model = encoder.model
     pooling = released.export.get("pooling", getattr(encoder, "pooling", "mean"))
     kind = released.preprocessing.input
-    sources = [Path(released.export["path"])]
+    origin = Path(released.export["path"]) if released.export.get("path") else None  # None: random init
+    sources = [origin] if origin is not None else []
     if released.preprocessing.tokenizer:
         sources.insert(0, Path(released.preprocessing.tokenizer))
     preprocessing = effective_preprocessing(released.preprocessing.to_json(), run.plan.modality_options[m])
@@ -120,8 +133,12 @@ def export_hf(run_dir: Path, output: Path, modality: str | None = None, trust_pl
                 if (folder / name).is_file():
                     shutil.copy2(folder / name, tmp / name)
                     break
-        origin = Path(released.export["path"])
-        if kind == "tokens" and pooling == "mean" and (origin / "modules.json").is_file():
+        if origin is None and kind == "tokens":  # trained from random init on the run's own tokenizer
+            length = int(run.plan.modality_options[m].max_length)
+            save_tokenizer(run.processors[m], tmp, length, pool_token=False)
+            weight = projection.get("weight")
+            sentence_transformers_files(tmp, encoder.width, pooling, weight, length)
+        if origin is not None and kind == "tokens" and pooling == "mean" and (origin / "modules.json").is_file():
             for name in SENTENCE_TRANSFORMERS_FILES:
                 if (origin / name).is_file():
                     shutil.copy2(origin / name, tmp / name)
@@ -139,5 +156,6 @@ def export_hf(run_dir: Path, output: Path, modality: str | None = None, trust_pl
         snippet = _snippet(output, pooling, kind, preprocessing.get("max_length"))
         card = model_card(recipe, "hf", {m: preprocessing}, snippet, Path(run_dir))
         (tmp / "README.md").write_text(card)
+        copy_report_figures(Path(run_dir), tmp)
 
     return write_folder(output, fill, MARKER)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mmssl.encoders.adapt import merge_lora
-from mmssl.export.card import model_card
+from mmssl.export.card import REPORT_FOLDER, model_card, report_figures
 from mmssl.export.files import MARKER, write_folder
 from mmssl.export.formats import register_export_format
 
@@ -143,21 +143,29 @@ def _snippet(name: str, builtin: bool, output: Path) -> str:
 
 @register_export_format("open_clip")
 def export_open_clip(run_dir: Path, output: Path, trust_plugins: bool = False) -> Path:
-    """Write the run's two open_clip towers back as one open_clip model in ``output``; returns ``output``.
+    """Write the run's image and text towers as one open_clip model in ``output``; returns ``output``.
+
+    The towers are two of one released open_clip model, or mmssl's own ViT and text transformer trained from
+    scratch (``mmssl.export.open_clip_scratch``).
 
     Raises:
-        ValueError: The run has no image and text tower of one open_clip model, or a projection cannot be folded.
+        ValueError: The run has no such pair of towers, or a projection cannot be folded.
     """
     import open_clip
 
     from mmssl.encoders.open_clip_adapter import create_clip, final_model_config
+    from mmssl.export.open_clip_scratch import export_open_clip_scratch, find_pair
     from mmssl.run import compile_run_recipe, load_run
 
     run_dir, output = Path(run_dir), Path(output)
     recipe_file = run_dir / "recipe.yaml"
     if not recipe_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not an mmssl run folder (no recipe.yaml)")
-    find_towers(compile_run_recipe(run_dir, trust_plugins, weights=False).recipe)  # fail before loading any weights
+    parsed = compile_run_recipe(run_dir, trust_plugins, weights=False).recipe  # fail before loading any weights
+    if not any(s.encoder is not None and s.encoder.library == "open_clip" for s in parsed.modalities.values()):
+        run = load_run(run_dir, trust_plugins=trust_plugins)
+        return export_open_clip_scratch(run, run_dir, output, _logit_terms(run, *find_pair(run)))
+    find_towers(parsed)
     run = load_run(run_dir, trust_plugins=trust_plugins)
     recipe = run.plan.recipe
     image, text = find_towers(recipe)
@@ -226,5 +234,6 @@ def export_open_clip(run_dir: Path, output: Path, trust_plugins: bool = False) -
         "README.md": card.encode(),
         MARKER: (json.dumps({"run": str(run_dir.resolve()), "format": "open_clip"}) + "\n").encode(),
     }
+    files |= {f"{REPORT_FOLDER}/{f.name}": f.read_bytes() for f in report_figures(run_dir).values()}
     _write_folder(output, files)
     return output

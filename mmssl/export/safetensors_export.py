@@ -16,7 +16,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from mmssl.encoders.adapt import merge_lora
-from mmssl.export.card import model_card
+from mmssl.export.card import copy_report_figures, model_card
 from mmssl.export.files import MARKER, write_folder
 from mmssl.export.formats import register_export_format
 from mmssl.recipe import dump_recipe
@@ -60,5 +60,6 @@ def export_safetensors(run_dir: Path, output: Path, trust_plugins: bool = False)
         (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
         (tmp / MARKER).write_text(json.dumps({"run": str(run_dir.resolve()), "format": "safetensors"}) + "\n")
         (tmp / "README.md").write_text(model_card(recipe, "safetensors", preprocessing, snippet, run_dir))
+        copy_report_figures(run_dir, tmp)
 
     return write_folder(output, fill, MARKER)

@@ -1,4 +1,5 @@
-"""Metrics of training: averaged over each logging interval and all processes, to metrics.jsonl and TensorBoard."""
+"""Metrics of training: averaged over each logging interval and all processes, to metrics.jsonl and the trackers
+(``train.report_to``, through ``accelerator.log``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class MetricLogger:
     """Accumulates named scalar terms and writes their means every ``flush``.
 
     Args:
-        output: Run folder; writes ``metrics.jsonl`` and ``tb/``.
+        output: Run folder; writes ``metrics.jsonl``.
         enabled: Only the main process writes.
         resume_step: Lines after this step in an existing ``metrics.jsonl`` are dropped (a resumed run rewrites them).
     """
@@ -25,7 +26,6 @@ class MetricLogger:
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self.path = output / "metrics.jsonl"
-        self.writer = None
         if enabled:
             if self.path.exists():
                 kept = [
@@ -34,9 +34,6 @@ class MetricLogger:
                     if json.loads(line).get("step", 0) <= resume_step
                 ]
                 self.path.write_text("".join(line + "\n" for line in kept))
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(output / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
     def state(self) -> dict[str, dict[str, float]]:
         """The sums of the interval not yet logged (a checkpoint keeps them, so a resumed run logs the same means)."""
@@ -61,11 +58,8 @@ class MetricLogger:
         if self.enabled:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            for key, value in record.items():
-                if key != "step":
-                    self.writer.add_scalar(key, value, step)
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
         return record
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        """Kept for callers; the trackers are closed by ``accelerator.end_training``."""

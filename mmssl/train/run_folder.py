@@ -29,6 +29,7 @@ RESUMABLE_KEYS = (
     "train.decay_fraction",
     "train.min_lr_ratio",
     "train.log_every",
+    "train.report_to",
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.monitor_every",

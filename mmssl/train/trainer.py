@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 
 from mmssl.build import (
@@ -39,7 +39,7 @@ from mmssl.eval.monitors import TrainingMonitor
 from mmssl.plugins import check_plugin_files, plugin_file_records
 from mmssl.recipe import dump_recipe
 from mmssl.train import checkpoint as ckpt
-from mmssl.train import integrity
+from mmssl.train import integrity, trackers
 from mmssl.train.dist_checkpoint import (
     check_global_batch,
     full_model_state,
@@ -108,10 +108,13 @@ def train(
     """
     resume = resume or resume_step is not None
     recipe, spec = plan.recipe, plan.recipe.train
+    output = Path(output)
     accelerator = Accelerator(
         cpu=_cpu_processes(),
         mixed_precision=spec.precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=spec.find_unused_parameters)],
+        log_with=list(spec.report_to) or None,
+        project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "tb")),
     )
     output = Path(output)
     if resume == "auto":  # elastic restarts: continue the run whose setup is there, else start one
@@ -241,6 +244,7 @@ def train(
     logger = MetricLogger(output, enabled=accelerator.is_main_process, resume_step=step)
     if found is not None and (found / f"metrics_rank{accelerator.process_index}.json").is_file():
         logger.load_state(json.loads((found / f"metrics_rank{accelerator.process_index}.json").read_text()))
+    trackers.start(accelerator, list(spec.report_to), recipe.model_dump(mode="json"), recipe.name, output, step)
     # -- label-free monitors (train.monitor_every): a fixed held batch, embedded on the main process only --
     monitor = None
     if spec.monitor_every and accelerator.is_main_process:
@@ -340,6 +344,7 @@ def train(
         _shutdown_data_workers(batches)
         bar.close()
         logger.close()
+        accelerator.end_training()
     full = full_model_state(inner) if sharded else dict(inner.state_dict())  # gathering shards is collective
     if accelerator.is_main_process:
         for part in ("model", "objectives"):

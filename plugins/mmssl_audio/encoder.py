@@ -38,6 +38,8 @@ class AudioPatchEmbedder(nn.Module):
 
     def positions(self, time_patches: int, freq_patches: int, device: torch.device) -> Tensor:
         """Shapes: -> [time_patches * freq_patches, D] (time-major; cached per grid, not in the state dict)."""
+        if not (type(time_patches) is int and type(freq_patches) is int):  # symbolic sizes (torch.export): no cache
+            return sincos_positions_2d(time_patches, freq_patches, self.width).to(device)
         key = (time_patches, freq_patches)
         cached = self._positions.get(key)
         if cached is None or cached.device != device:

@@ -141,14 +141,16 @@ class GraphEncoder(nn.Module):
         data = batch.data
         h = self.node_features(batch)
         index = data.batch
-        size = int(data.num_graphs)
+        # Sizes from the collated padding mask [B, Nmax] stay symbolic under torch.export (int() would fix them).
+        size = int(data.num_graphs) if batch.padding_mask is None else batch.padding_mask.shape[0]
         if self.pooling == "mean":
             pooled = global_mean_pool(h, index, size)
         elif self.pooling == "add":
             pooled = global_add_pool(h, index, size)
         else:
             pooled = self.attention_pool(h, index, dim_size=size)
-        tokens, real = to_dense_batch(h, index, batch_size=size)
+        width = None if batch.padding_mask is None else batch.padding_mask.shape[1]
+        tokens, real = to_dense_batch(h, index, batch_size=size, max_num_nodes=width)
         return EncoderOutput(tokens=tokens, pooled=pooled, padding_mask=~real)
 
 
