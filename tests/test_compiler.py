@@ -158,7 +158,10 @@ def test_each_library_owns_its_options_model(tmp_path: Path) -> None:
     (tmp_path / "w.safetensors").write_bytes(b"")
     with pytest.raises(RecipeError) as info:
         compile_recipe(tree, base_dir=tmp_path, weights=False)
-    assert info.value.errors == [("modalities.image.encoder.tower", "unknown key (not allowed here)")]
+    [(path, message)] = info.value.errors
+    assert path == "modalities.image.encoder.tower" and message.startswith("unknown key 'tower' (allowed keys: ")
+    allowed = message.split("allowed keys: ")[1]
+    assert "model" in allowed and "tower" not in allowed  # timm's own options model, not open_clip's
     del tree["modalities"]["image"]["encoder"]["tower"]
     plan = compile_recipe(tree, base_dir=tmp_path, weights=False)
     spec = plan.encoder_spec("image")
