@@ -401,6 +401,64 @@ def export(
     typer.echo(f"wrote {format} export to {written} (see {written / 'README.md'})")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Data tools: pack a source into WebDataset shards.")
+app.add_typer(data_app, name="data")
+
+
+def _source_spec(text: str) -> dict:
+    """A source spec from the command line: a manifest file, a class-per-subfolder folder, or a YAML mapping."""
+    import yaml
+
+    path = Path(text)
+    if path.is_file() and path.suffix in (".jsonl", ".csv", ".parquet"):
+        return {"source": "manifest", "path": str(path.resolve())}
+    if path.is_dir():
+        return {"source": "folder", "path": str(path.resolve())}
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        _fail(f"SOURCE_SPEC {text!r}: not a file, a folder or a YAML mapping ({err})")
+    if not isinstance(spec, dict) or "source" not in spec:
+        _fail(f"SOURCE_SPEC {text!r}: expected a manifest, a folder, or a mapping like '{{source: NAME, ...}}'")
+    return spec
+
+
+@data_app.command("pack")
+def data_pack(
+    source_spec: Annotated[
+        str, typer.Argument(help="A manifest (.jsonl/.csv/.parquet), a folder, or '{source: NAME, ...options}'.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the shards and index.json.")] = ...,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Samples per shard.")] = 10000,
+    prefix: Annotated[str, typer.Option(help="Shard file name prefix.")] = "shard",
+) -> None:
+    """Write a source as WebDataset tar shards and an index (samples per shard); an interrupted pack resumes."""
+    from pydantic import ValidationError
+    from tqdm.auto import tqdm
+
+    import mmssl.build  # noqa: F401  (registers every source)
+    from mmssl.data.sources import resolve_part
+    from mmssl.data.streaming.pack import pack
+    from mmssl.registry import RegistryError
+
+    spec = _source_spec(source_spec)
+    try:
+        kind, options = resolve_part(spec)
+        source = kind.load(options, Path.cwd())
+    except (ValidationError, RegistryError, KeyError, ValueError, FileNotFoundError) as err:
+        _fail(f"SOURCE_SPEC {spec}: {err}")
+
+    def progress(rows, total, initial):
+        return tqdm(rows, total=total, initial=initial, unit="sample", desc="pack")
+
+    try:
+        index = pack(source, output, shard_size, prefix, spec, progress)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    total = sum(s["nsamples"] for s in index["shards"])
+    typer.echo(f"wrote {total} samples in {len(index['shards'])} shards and {output / 'index.json'}")
+
+
 @app.command()
 def modalities(
     options: Annotated[

@@ -71,21 +71,52 @@ class ViewDataset:
         )
 
     def _item(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        row = self.source[index]
-        out: dict[str, Any] = {"index": index, "label": row.get("label", -1), "views": {}}
-        for modality, names in self.views.items():
-            raw = row.get(self.columns[modality])
-            if is_missing(raw):
-                continue
-            processor = self.processors[modality]
-            try:
-                sample = processor.decode(raw)
-            except Exception as err:
-                column = self.columns[modality]
-                message = f"{self.source.origin} row {index}, column {column!r} ({modality}): {err}"
-                raise _Unreadable(message, SkippedRow.of(0, index, self.source.origin, column, raw, err)) from err
-            out["views"][modality] = {name: make_view(processor, sample, name, rng) for name in names}
-        return out
+        try:
+            return row_views(self.source[index], index, rng, self.columns, self.processors, self.views)
+        except RowDecodeError as err:
+            origin = self.source.origin
+            skipped = SkippedRow.of(0, index, origin, err.column, err.raw, err.__cause__ or err)
+            raise _Unreadable(f"{origin} row {index}, {err}", skipped) from err.__cause__
+
+
+class RowDecodeError(ValueError):
+    """A plugin could not decode a value of a row; the message names the column and the modality.
+
+    Attributes:
+        column: The column holding the value.
+        raw: The value.
+    """
+
+    def __init__(self, message: str, column: str, raw: Any) -> None:
+        super().__init__(message)
+        self.column, self.raw = column, raw
+
+
+def row_views(
+    row: dict[str, Any],
+    index: int,
+    rng: np.random.Generator,
+    columns: dict[str, str],
+    processors: dict[str, Processor],
+    views: dict[str, list[str]],
+) -> dict[str, Any]:
+    """Decode a row's modalities and make the views asked for (:func:`make_view`); random views draw from ``rng``.
+
+    Raises:
+        RowDecodeError: A plugin failed to decode a value (the original error is its ``__cause__``).
+    """
+    out: dict[str, Any] = {"index": index, "label": row.get("label", -1), "views": {}}
+    for modality, names in views.items():
+        raw = row.get(columns[modality])
+        if is_missing(raw):
+            continue
+        processor = processors[modality]
+        try:
+            sample = processor.decode(raw)
+        except Exception as err:
+            raise RowDecodeError(f"column {columns[modality]!r} ({modality}): {err}", columns[modality], raw) from err
+        out["views"][modality] = {name: make_view(processor, sample, name, rng) for name in names}
+    return out
 
 
 def make_view(processor: Processor, sample: Any, name: str, rng: np.random.Generator) -> Any:

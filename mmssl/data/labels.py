@@ -84,7 +84,7 @@ def parse_label_column(
         label = parse_label(value, where(i))
         first.setdefault(type(label), (i, value))
         if len(first) > 1:
-            (i0, v0), = [first[t] for t in first if t is not type(label)]
+            ((i0, v0),) = [first[t] for t in first if t is not type(label)]
             kinds = {int: "an integer", str: "a class name"}
             raise LabelError(
                 f"{where(i)}: label {value!r} is {kinds[type(label)]} but {where(i0)} holds {v0!r}, "

@@ -196,6 +196,19 @@ class ConcatOptions(SourceOptions):
         description="Source specs ({source: NAME, ...its options}) whose rows are joined in this order; each row "
         "keeps its own columns (e.g. image-text rows then audio-text rows).",
     )
+    repeats: list[int] | None = Field(
+        None,
+        description="Per part, how many times its rows appear in one epoch (a mixing weight, e.g. [1, 3] shows the "
+        "second part's rows three times as often); default: once each. When any part is streamed, the result is "
+        "streamed too.",
+    )
+
+    @field_validator("repeats")
+    @classmethod
+    def _positive(cls, repeats: list[int] | None) -> list[int] | None:
+        if repeats is not None and any(r < 1 for r in repeats):
+            raise ValueError("every repeat must be an integer >= 1")
+        return repeats
 
     @field_validator("parts")
     @classmethod
@@ -240,16 +253,39 @@ def load_concat(options: ConcatOptions, base: Path) -> Source:
     """The rows of every part, in order, each with its own columns (a column a part lacks is absent from its
     rows, so the modality it holds is missing there). ``columns`` is the union. Class names are kept when every
     part that has some gives the same list (so labels mean the same in all parts); otherwise there are none."""
+    from mmssl.data.streaming.shards import ShardedRows, concat_corpora, corpus_of_rows
+
+    repeats = options.repeats or [1] * len(options.parts)
+    if len(repeats) != len(options.parts):
+        raise ValueError(f"concat: {len(repeats)} repeats for {len(options.parts)} parts")
+    loaded = []
+    for part in options.parts:
+        kind, part_options = resolve_part(part)
+        loaded.append((kind, kind.load(part_options, base)))
+    if any(isinstance(source.rows, ShardedRows) for _, source in loaded):
+        if options.limit:
+            raise ValueError("concat: `limit` is not supported when a part is streamed; set it on the parts")
+        if any(source.label_names is not None for _, source in loaded):
+            raise LabelError("concat: with a streamed part, every part must have integer labels (or none)")
+        corpora = [
+            source.rows.corpus
+            if isinstance(source.rows, ShardedRows)
+            else corpus_of_rows(source.rows, source.origin or kind.name, source.class_names, source.columns)
+            for kind, source in loaded
+        ]
+        given = [c.class_names for c in corpora if c.class_names is not None]
+        class_names = given[0] if given and all(n == given[0] for n in given) else None
+        corpus = concat_corpora(corpora, repeats, class_names)
+        return Source(ShardedRows(corpus), class_names, origin=corpus.origin, columns=corpus.columns)
     rows: list[dict[str, Any]] = []
     columns: list[str] = []
     names: list[list[str]] = []
     origins = []
     label_names: set[str] = set()
     integer_labels, unlabelled = "", 0
-    for part in options.parts:
-        kind, part_options = resolve_part(part)
-        source = kind.load(part_options, base)
-        rows.extend(source.rows)
+    for (kind, source), times in zip(loaded, repeats, strict=True):
+        for _ in range(times):
+            rows.extend(source.rows)
         unlabelled += source.unlabelled
         if source.label_names is not None:
             label_names.update(source.label_names)

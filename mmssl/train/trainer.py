@@ -17,7 +17,6 @@ from typing import Literal
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration, set_seed
-from torch.utils.data import DataLoader
 
 from mmssl.build import (
     build_model,
@@ -30,10 +29,9 @@ from mmssl.build import (
     save_processors,
 )
 from mmssl.compiler import Plan
-from mmssl.data.dataset import Collator, ViewDataset
 from mmssl.data.errors import DataErrorPolicy, SkippedRow, readable_rows
+from mmssl.data.feed import TrainFeed
 from mmssl.data.labels import LabelSpace
-from mmssl.data.sampler import ResumableBatchSampler
 from mmssl.encoders.adapt import count_parameters
 from mmssl.eval.monitors import TrainingMonitor
 from mmssl.plugins import check_plugin_files, plugin_file_records
@@ -196,6 +194,7 @@ def train(
     checkpoints = output / "checkpoints"
     step = 0
     found = None
+    data_state = None
     if reuse and (ckpt.complete_checkpoints(checkpoints) or resume_step is not None):
 
         def load(path: Path) -> int:
@@ -212,6 +211,8 @@ def train(
             warn=lambda line: accelerator.print(f"warning: {line}"),
         )
         accelerator.print(f"resumed from {found} at step {step}")
+        if (found / DATA_STATE).is_file():  # a streamed source's position (any number of processes may resume it)
+            data_state = json.loads((found / DATA_STATE).read_text())
     elif reuse:
         accelerator.print(f"{output} has no checkpoint yet: starting from step 0 with its saved setup")
     if reuse and accelerator.is_main_process:
@@ -222,25 +223,21 @@ def train(
 
     views = plan.views()
     columns = {m: recipe.column_of(m) for m in views}
-    dataset = ViewDataset(train_source, columns, processors, views, recipe.seed, recipe.data.on_error)
-    sampler = ResumableBatchSampler(
-        len(dataset),
-        spec.batch_size,
+    feed = TrainFeed(
+        train_source,
+        columns,
+        processors,
+        views,
         recipe.seed,
+        spec.batch_size,
         accelerator.process_index,
         accelerator.num_processes,
-        start=step * spec.grad_accum,
+        spec.num_workers,
+        start_micro_batch=step * spec.grad_accum,
+        state=data_state,
+        on_error=recipe.data.on_error,
+        worker_init=_data_worker_init,
     )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=Collator(processors, views),
-        num_workers=spec.num_workers,
-        persistent_workers=spec.num_workers > 0,
-        generator=torch.Generator().manual_seed(recipe.seed),  # keeps worker seeding off the global RNG
-        worker_init_fn=_data_worker_init,
-    )
-    batches = iter(loader)
     logger = MetricLogger(output, enabled=accelerator.is_main_process, resume_step=step)
     if found is not None and (found / f"metrics_rank{accelerator.process_index}.json").is_file():
         logger.load_state(json.loads((found / f"metrics_rank{accelerator.process_index}.json").read_text()))
@@ -269,7 +266,7 @@ def train(
         while step < spec.steps:
             skipped: list[SkippedRow] = []
             for micro in range(spec.grad_accum):
-                batch = next(batches).to(accelerator.device)
+                batch = feed.next().to(accelerator.device)
                 skipped += [s.at_step(step + 1) for s in batch.skipped]
                 rows_seen += len(batch)
                 sync = micro == spec.grad_accum - 1
@@ -319,9 +316,12 @@ def train(
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 last_time, rows_seen = now, 0
             if (spec.checkpoint_every and step % spec.checkpoint_every == 0) or step == spec.steps or stopping:
+                stream_state = feed.state() if feed.streamed else None
                 if sharded:
                     if accelerator.is_main_process:
-                        ckpt.begin_checkpoint(checkpoints, step)
+                        staging = ckpt.begin_checkpoint(checkpoints, step)
+                        if stream_state is not None:
+                            (staging / DATA_STATE).write_text(json.dumps(stream_state))
                     accelerator.wait_for_everyone()
                     staging = ckpt.staging_dir(checkpoints, step)
                     (staging / f"metrics_rank{accelerator.process_index}.json").write_text(json.dumps(logger.state()))
@@ -332,8 +332,9 @@ def train(
                     )  # fmt: skip
                 else:
                     save_checkpoint(
-                        accelerator, checkpoints, step, module, optimizer, scheduler, spec.keep_checkpoints, logger
-                    )
+                        accelerator, checkpoints, step, module, optimizer, scheduler, spec.keep_checkpoints, logger,
+                        stream_state,
+                    )  # fmt: skip
             if stopping and step < spec.steps:
                 accelerator.print(f"stopped by {stopping} at step {step}; checkpoint written")
                 return TrainResult(output, step, finished=False, stopped_by=stopping)
@@ -341,10 +342,12 @@ def train(
                 return TrainResult(output, step, finished=False)
     finally:
         stop.__exit__()
-        _shutdown_data_workers(batches)
+        _shutdown_data_workers(feed.batches)
         bar.close()
         logger.close()
         accelerator.end_training()
+    if policy.skip:
+        accelerator.print(f"skipped {policy.total} unreadable samples (listed in {skipped_log})")
     full = full_model_state(inner) if sharded else dict(inner.state_dict())  # gathering shards is collective
     if accelerator.is_main_process:
         for part in ("model", "objectives"):
@@ -355,15 +358,21 @@ def train(
     return TrainResult(output, step, finished=True)
 
 
+DATA_STATE = "data.json"
+"""Checkpoint file with a streamed source's position (``mmssl.data.feed.TrainFeed.state``)."""
+
+
 def save_checkpoint(
     accelerator: Accelerator, root: Path, step: int, module, optimizer, scheduler, keep: int,
-    logger: MetricLogger | None = None,
+    logger: MetricLogger | None = None, data_state: dict | None = None,
 ) -> None:  # fmt: skip
     """Write checkpoint ``step`` from every process; if any process fails, all raise and the staging folder goes."""
     failure: BaseException | None = None
     if accelerator.is_main_process:
         try:
-            ckpt.begin_checkpoint(root, step)
+            staging = ckpt.begin_checkpoint(root, step)
+            if data_state is not None:
+                (staging / DATA_STATE).write_text(json.dumps(data_state))
         except Exception as err:
             failure = err
     accelerator.wait_for_everyone()

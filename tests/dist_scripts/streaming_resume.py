@@ -1,0 +1,67 @@
+"""Streamed training under torchrun: an uninterrupted run, a run stopped mid-epoch, and its resume (run under torchrun).
+
+Usage: ``python -m torch.distributed.run --nproc_per_node 2 streaming_resume.py JOBS.json``
+
+``JOBS.json`` maps a name to ``{"tree": recipe tree, "out": folder}``. For each job the script trains
+``out/full`` (all steps), ``out/stopped`` (stopped after step 3, with full's processors) and ``out/resumed2``
+(a copy of stopped, resumed with the same two processes). Every run writes ``seen_rank{R}.json``: the natural
+sample indices of each micro-batch this process trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+from dist_common import exit_without_teardown
+
+import mmssl.data.feed as feed
+from mmssl.build import validate_plugin_sections
+from mmssl.recipe import parse_recipe
+from mmssl.train.trainer import train
+
+SEEN: list[list[int]] = []
+_next = feed.TrainFeed.next
+
+
+def _recording_next(self: feed.TrainFeed):
+    batch = _next(self)
+    SEEN.append(batch.index.tolist())
+    return batch
+
+
+feed.TrainFeed.next = _recording_next
+
+
+def run(tree: dict, out: Path, **kwargs) -> None:
+    SEEN.clear()
+    plan = validate_plugin_sections(parse_recipe(tree, str(out), out.parent))
+    train(plan, out, **kwargs)
+    (out / f"seen_rank{dist.get_rank()}.json").write_text(json.dumps(SEEN))
+    dist.barrier()
+
+
+def main() -> int:
+    jobs = json.loads(Path(sys.argv[1]).read_text())
+    for job in jobs.values():
+        out = Path(job["out"])
+        run(job["tree"], out / "full")
+        if dist.get_rank() == 0:
+            (out / "stopped").mkdir()
+            shutil.copytree(out / "full" / "processors", out / "stopped" / "processors")
+        dist.barrier()
+        run(job["tree"], out / "stopped", stop_after=3)
+        if dist.get_rank() == 0:
+            shutil.copytree(out / "stopped", out / "resumed2")
+        dist.barrier()
+        run(job["tree"], out / "resumed2", resume=True)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    exit_without_teardown(main())
