@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install data demo test test-all lint clean bench-quality
+.PHONY: install data demo shards demo-shards test test-all lint clean bench-quality
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,13 @@ data:
 
 demo: install data
 	$(VENV)/bin/mmssl train recipes/quickstart.yaml --output runs/quickstart $(ARGS)
+
+# The quickstart's data as WebDataset shards (mmssl data pack), and the quickstart trained from them.
+shards: install data
+	$(VENV)/bin/mmssl data pack "{source: fashion_mnist, split: train}" --output .data/shards/quickstart --shard-size 5000
+
+demo-shards: shards
+	$(VENV)/bin/mmssl train recipes/streaming/quickstart_shards.yaml --output runs/quickstart_shards $(ARGS)
 
 test: install data
 	$(PY) -m pytest -q
