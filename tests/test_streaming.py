@@ -194,6 +194,36 @@ def test_hf_parquet_streaming_and_folder_read_the_same_rows(tmp_path: Path) -> N
         assert np.array_equal(np.asarray(Image.open(row["image"])), want["image"])
 
 
+def test_urls_without_index_and_memory_mapped_hf_tables(shards: Path, tmp_path: Path) -> None:
+    original = fashion_rows()
+    by_urls = source_of(
+        {"source": "webdataset", "urls": str(shards.parent / "shard-{000000..000004}.tar"),
+         "columns": {"image": "png", "caption": "txt", "label": "cls"}, "limit": 50}
+    )  # fmt: skip
+    assert by_urls.rows.corpus.counts == [20, 20, 10]  # counted by reading each shard, cut at `limit`
+    assert [r["caption"] for r in by_urls.rows] == [r["caption"] for r in original[:50]]
+    assert [r["label"] for r in by_urls.rows[10:30]] == [r["label"] for r in original[10:30]]
+    parquet = write_parquet(tmp_path / "parquet")
+    mapped = source_of(
+        {"source": "hf_dataset", "path": str(parquet / "*.parquet"), "label_column": "label", "shard_size": 25}
+    )
+    assert mapped.rows.corpus.counts == [25, 25, 25, 21] and mapped.class_names == CLASS_NAMES
+    for row, want in zip(mapped.rows, original, strict=True):
+        assert np.array_equal(np.asarray(row["image"]), want["image"]) and row["label"] == want["label"]
+
+
+def test_evaluation_reads_a_streamed_split(shards: Path, tmp_path: Path) -> None:
+    from mmssl.run import evaluate, load_run
+
+    tree = tiny_tree({"source": "webdataset", "index": str(shards)}, 16, 1)
+    tree["data"]["test"] = {"source": "webdataset", "index": str(shards), "limit": 40}
+    tree["evaluations"] = [{"name": "knn", "modality": "image", "bank": "train", "query": "test", "k": 1}]
+    train(plan_of(tree, REPO), tmp_path / "run")
+    results = evaluate(load_run(tmp_path / "run", "cpu"), "cpu")
+    assert results["knn_top1"] == 1.0  # the 40 queries are in the bank: each one's nearest neighbour is itself
+    assert 0.0 <= results["knn_top1_random_init"] <= 1.0
+
+
 def test_concat_mixes_a_streamed_part_with_an_in_memory_one(shards: Path) -> None:
     spec = {
         "source": "concat",
