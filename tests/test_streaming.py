@@ -260,7 +260,7 @@ def test_missing_shard_is_an_error_naming_it(shards: Path, tmp_path: Path) -> No
 def test_data_error_policy_keys_are_validated() -> None:
     tree = tiny_tree({"source": "fashion_mnist", "limit": 32})
     tree["data"]["on_error"] = "ignore"
-    with pytest.raises(RecipeError, match="data"):
+    with pytest.raises(RecipeError, match="data.on_error: Input should be 'raise' or 'skip'"):
         parse_recipe(tree)
     tree["data"].update(on_error="skip", max_errors=3)
     assert parse_recipe(tree).data_policy().max_errors == 3
@@ -371,11 +371,21 @@ def test_two_process_stop_and_resume_with_two_and_with_one(tmp_path: Path, monke
         tree = tiny_tree(spec, batch_size=8, steps=6, image_only=image_only)
         tree["train"]["num_workers"] = 1 if name == "webdataset" else 0
         jobs[name] = {"tree": tree, "out": str(tmp_path / name)}
+    # Elastic 1 -> 2: one process (batch 16) stops after 3 steps; two processes (batch 8 each) resume it.
+    seen_one = record_batches(monkeypatch)
+    single = tiny_tree(specs["webdataset"][0], batch_size=16, steps=6)
+    train(plan_of(single, REPO), tmp_path / "one" / "stopped", stop_after=3)
+    seen_before_two = [i for b in seen_one for i in b]
+    jobs["webdataset_1to2"] = {"tree": jobs["webdataset"]["tree"], "out": str(tmp_path / "one"),
+                               "resume_from": str(tmp_path / "one" / "stopped")}  # fmt: skip
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     code, output = run_two_processes(["tests/dist_scripts/streaming_resume.py", str(tmp_path / "jobs.json")], 1200)
     assert code == 0, output
 
-    seen_one = record_batches(monkeypatch)
+    resumed = [i for r in (0, 1) for b in json.loads((tmp_path / "one" / "resumed2" / f"seen_rank{r}.json").read_text())
+               for i in b]  # fmt: skip
+    assert len(seen_before_two) == 48 and Counter(seen_before_two + resumed) == Counter(range(ROWS))
+    del jobs["webdataset_1to2"]
     for name, job in jobs.items():
         out = Path(job["out"])
 

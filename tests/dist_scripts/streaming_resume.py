@@ -4,8 +4,10 @@ Usage: ``python -m torch.distributed.run --nproc_per_node 2 streaming_resume.py 
 
 ``JOBS.json`` maps a name to ``{"tree": recipe tree, "out": folder}``. For each job the script trains
 ``out/full`` (all steps), ``out/stopped`` (stopped after step 3, with full's processors) and ``out/resumed2``
-(a copy of stopped, resumed with the same two processes). Every run writes ``seen_rank{R}.json``: the natural
-sample indices of each micro-batch this process trained on.
+(a copy of stopped, resumed with the same two processes). A job with ``resume_from`` (listed after a job of the
+first kind) only resumes a copy of that run folder, stopped by one process, with two processes into
+``out/resumed2``. Every run writes ``seen_rank{R}.json``: the natural sample indices of each micro-batch this
+process trained on.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def _recording_next(self: feed.TrainFeed):
 feed.TrainFeed.next = _recording_next
 
 
-def run(tree: dict, out: Path, **kwargs) -> None:
+def run(tree: dict, out: Path, barrier_first: bool = False, **kwargs) -> None:
+    if barrier_first and dist.is_initialized():
+        dist.barrier()
     SEEN.clear()
     plan = validate_plugin_sections(parse_recipe(tree, str(out), out.parent))
     train(plan, out, **kwargs)
@@ -48,6 +52,11 @@ def main() -> int:
     jobs = json.loads(Path(sys.argv[1]).read_text())
     for job in jobs.values():
         out = Path(job["out"])
+        if "resume_from" in job:  # elastic 1 -> 2: a single-process run's checkpoint, resumed by two processes
+            if dist.get_rank() == 0:  # the process group exists: an earlier job trained
+                shutil.copytree(job["resume_from"], out / "resumed2", ignore=shutil.ignore_patterns("seen_rank*"))
+            run(job["tree"], out / "resumed2", resume=True, barrier_first=True)
+            continue
         run(job["tree"], out / "full")
         if dist.get_rank() == 0:
             (out / "stopped").mkdir()

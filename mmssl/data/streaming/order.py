@@ -34,8 +34,19 @@ class EpochOrder:
             raise ValueError("the streamed corpus has no samples")
         self.natural_starts = np.concatenate([[0], np.cumsum(self.counts)])[:-1]
         self.seed, self.buffer, self.shuffle_shards = seed, max(1, shuffle_buffer), shuffle_shards
+        self._make_caches()
+
+    def _make_caches(self) -> None:
         self._epoch = lru_cache(maxsize=4)(self._epoch_layout)
         self._block = lru_cache(maxsize=64)(self._block_perm)
+
+    def __getstate__(self) -> dict:
+        """Picklable for spawned DataLoader workers: the caches are rebuilt there."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_epoch", "_block")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._make_caches()
 
     def _epoch_layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         shards = np.arange(len(self.counts))
