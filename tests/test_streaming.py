@@ -194,6 +194,25 @@ def test_hf_parquet_streaming_and_folder_read_the_same_rows(tmp_path: Path) -> N
         assert np.array_equal(np.asarray(Image.open(row["image"])), want["image"])
 
 
+def test_pack_a_folder_from_the_command_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mmssl.cli import app
+
+    folder = write_folder(tmp_path / "img", limit=30)
+    result = CliRunner().invoke(app, ["data", "pack", str(folder), "-o", str(tmp_path / "s"), "--shard-size", "8"])
+    assert result.exit_code == 0, result.output
+    index = json.loads((tmp_path / "s" / "index.json").read_text())
+    assert index["columns"] == {"image": "png", "label": "cls"} and index["class_names"] == sorted(CLASS_NAMES)
+    assert [s["nsamples"] for s in index["shards"]] == [8, 8, 8, 6]
+    packed = list(source_of({"source": "webdataset", "index": str(tmp_path / "s" / "index.json")}).rows)
+    original = list(source_of({"source": "folder", "path": str(folder)}).rows)
+    for row, want in zip(packed, original, strict=True):
+        assert row["image"] == Path(want["image"]).read_bytes() and row["label"] == want["label"]
+    bad = CliRunner().invoke(app, ["data", "pack", "{source: nope}", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "nope" in bad.output and "fashion_mnist" in bad.output
+
+
 def test_urls_without_index_and_memory_mapped_hf_tables(shards: Path, tmp_path: Path) -> None:
     original = fashion_rows()
     by_urls = source_of(
