@@ -152,7 +152,12 @@ class TrainSpec(Strict):
         0, ge=0, description="Save a resumable checkpoint every N steps (0: only at the end)."
     )
     keep_checkpoints: int = Field(2, ge=1)
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes that decode and augment the next batches while the step runs; "
+        "null: chosen from the cores (mmssl.data.feed.default_workers). 0 loads in the training process.",
+    )
     find_unused_parameters: bool = False
     monitor_every: int = Field(
         0, ge=0, description="Every N steps log label-free collapse monitors (RankMe, uniformity, std); 0: off."

@@ -8,6 +8,7 @@ same or another number of processes, continues the same epoch at the next unseen
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,17 @@ from mmssl.data.streaming.loader import StreamSlice, stream_loader
 from mmssl.data.streaming.order import EpochOrder
 from mmssl.data.streaming.shards import ShardedCorpus, ShardedRows
 from mmssl.modality import Processor
+
+
+def default_workers(cores: int | None = None) -> int:
+    """DataLoader workers when ``train.num_workers`` is not set: a quarter of the cores, at least 1, at most 8.
+
+    On 2 cores, 1 worker keeps the quickstart's step fed (end-to-end 0.9x compute-only, against 0.7x loading
+    in the training process; ``benchmarks/data_loading.py``, numbers in ``benchmarks/README.md``); more workers
+    take cores the step needs.
+    """
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(8, cores // 4))
 
 
 def corpus_of(source: Source) -> ShardedCorpus | None:
@@ -41,7 +53,7 @@ class TrainFeed:
         batch_size: Rows per process per micro-batch.
         rank: This process.
         world_size: Number of processes.
-        num_workers: DataLoader workers.
+        num_workers: DataLoader workers (None: ``default_workers()``).
         start_micro_batch: Micro-batches already consumed (in-memory sources resume from it).
         state: The ``data.json`` of the checkpoint resumed from (streamed sources resume from its position).
         on_error: ``data.on_error``; skipped samples travel in ``Batch.skipped`` (the trainer counts them).
@@ -58,7 +70,7 @@ class TrainFeed:
         batch_size: int,
         rank: int,
         world_size: int,
-        num_workers: int,
+        num_workers: int | None,
         start_micro_batch: int,
         state: dict[str, Any] | None,
         on_error: OnError = "raise",
@@ -66,6 +78,7 @@ class TrainFeed:
     ) -> None:
         self.corpus = corpus_of(source)
         self.consumed = 0
+        num_workers = default_workers() if num_workers is None else num_workers
         if self.corpus is None:
             dataset = ViewDataset(source, columns, processors, views, seed, on_error)
             sampler = ResumableBatchSampler(len(dataset), batch_size, seed, rank, world_size, start=start_micro_batch)
