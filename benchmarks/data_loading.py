@@ -36,7 +36,6 @@ from mmssl.build import (
     probe_batches,
     validate_plugin_sections,
 )
-from mmssl.data.errors import DataErrorPolicy
 from mmssl.data.feed import TrainFeed
 from mmssl.data.sources import SOURCES
 from mmssl.data.streaming.pack import pack
@@ -93,7 +92,7 @@ def feed_for(plan, processors, workers: int) -> TrainFeed:
     views = plan.views()
     return TrainFeed(
         load_source(plan, "train"), {m: plan.recipe.column_of(m) for m in views}, processors, views, plan.recipe.seed,
-        plan.recipe.train.batch_size, 0, 1, workers, 0, None, DataErrorPolicy(),
+        plan.recipe.train.batch_size, 0, 1, workers, 0, None,
     )  # fmt: skip
 
 

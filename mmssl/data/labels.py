@@ -125,6 +125,9 @@ class LabelSpace:
 
 
 def _classes(rows: Sequence[Mapping[str, Any]]) -> set[Any]:
+    declared = getattr(rows, "declared_classes", None)  # streamed rows: their class names, without a read pass
+    if declared is not None and declared() is not None:
+        return declared()
     return {row.get("label") for row in rows if row.get("label") is not None}
 
 

@@ -58,11 +58,13 @@ def main() -> int:
             run(job["tree"], out / "resumed2", resume=True, barrier_first=True)
             continue
         run(job["tree"], out / "full")
-        if dist.get_rank() == 0:
-            (out / "stopped").mkdir()
+        if dist.get_rank() == 0:  # full's setup (processors, labels, recipe): `tokenizers` may number a fresh
+            (out / "stopped").mkdir()  # vocabulary differently, and bit-identity needs the same one
             shutil.copytree(out / "full" / "processors", out / "stopped" / "processors")
+            for name in ("labels.json", "recipe.yaml", "run.json"):
+                shutil.copy(out / "full" / name, out / "stopped" / name)
         dist.barrier()
-        run(job["tree"], out / "stopped", stop_after=3)
+        run(job["tree"], out / "stopped", resume=True, stop_after=3)
         if dist.get_rank() == 0:
             shutil.copytree(out / "stopped", out / "resumed2")
         dist.barrier()

@@ -116,6 +116,12 @@ class ShardedRows(Sequence[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.corpus)
 
+    def declared_classes(self) -> set[int] | None:
+        """The class indices the corpus declares (``class_names``), so that setting up a run's label space need
+        not read every shard; None when it declares none."""
+        names = self.corpus.class_names
+        return set(range(len(names))) if names else None
+
     @overload
     def __getitem__(self, index: int) -> dict[str, Any]: ...
 
