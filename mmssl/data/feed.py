@@ -28,9 +28,9 @@ from mmssl.modality import Processor
 def default_workers(cores: int | None = None) -> int:
     """DataLoader workers when ``train.num_workers`` is not set: a quarter of the cores, at least 1, at most 8.
 
-    On 2 cores, 1 worker keeps the quickstart's step fed (end-to-end 0.9x compute-only, against 0.7x loading
-    in the training process; ``benchmarks/data_loading.py``, numbers in ``benchmarks/README.md``); more workers
-    take cores the step needs.
+    Measured on 2 shared cores (``benchmarks/data_loading.py``, quickstart, numbers in ``benchmarks/README.md``):
+    end-to-end / compute-only samples/s was 0.69 loading in the training process, 1.09 with 1 worker and 0.78 with
+    2 (which take the cores the step needs). With the step on a GPU, more cores are free for workers.
     """
     cores = cores or os.cpu_count() or 1
     return max(1, min(8, cores // 4))
