@@ -34,12 +34,12 @@ from mmssl.build import (
     build_train_module,
     load_source,
     probe_batches,
-    validate_plugin_sections,
 )
+from mmssl.compiler import compile_recipe
 from mmssl.data.feed import TrainFeed
 from mmssl.data.sources import SOURCES
 from mmssl.data.streaming.pack import pack
-from mmssl.recipe import load_yaml, parse_recipe
+from mmssl.recipe import load_yaml
 from mmssl.train.optim import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def plan_for(train: dict, batch_size: int | None):
     tree["evaluations"] = []
     if batch_size:
         tree["train"]["batch_size"] = batch_size
-    return validate_plugin_sections(parse_recipe(tree, str(QUICKSTART), QUICKSTART.parent))
+    return compile_recipe(tree, source=str(QUICKSTART), base_dir=QUICKSTART.parent)
 
 
 def feed_for(plan, processors, workers: int) -> TrainFeed:

@@ -436,8 +436,7 @@ def data_pack(
     from pydantic import ValidationError
     from tqdm.auto import tqdm
 
-    import mmssl.build  # noqa: F401  (registers every source)
-    from mmssl.data.sources import resolve_part
+    from mmssl.data.sources import resolve_part  # SOURCES imports the built-in sources on first use
     from mmssl.data.streaming.pack import pack
     from mmssl.registry import RegistryError
 

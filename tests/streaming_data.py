@@ -11,7 +11,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from mmssl.cli import app
-from mmssl.data.fashion_mnist import CLASS_NAMES, FashionMNISTOptions, load_fashion_mnist
+from mmssl.datasets.fashion_mnist import CLASS_NAMES, FashionMNISTOptions, load_fashion_mnist
 from mmssl.recipe import load_yaml
 
 TINY = Path(__file__).resolve().parent / "recipes" / "tiny_image_text.yaml"

@@ -21,12 +21,13 @@ from torch.utils.data import DataLoader
 from torchrun import run_two_processes
 
 import mmssl.data.feed as feed
-from mmssl.build import load_source, validate_plugin_sections
+from mmssl.build import load_source
+from mmssl.compiler import compile_recipe
 from mmssl.data.errors import DataErrorLimit, read_skipped
-from mmssl.data.fashion_mnist import CLASS_NAMES
 from mmssl.data.streaming.loader import StreamBatches, StreamSlice
 from mmssl.data.streaming.order import EpochOrder
 from mmssl.data.streaming.pack import pack
+from mmssl.datasets.fashion_mnist import CLASS_NAMES
 from mmssl.modality import ModalityBatch
 from mmssl.recipe import RecipeError, parse_recipe
 from mmssl.train.trainer import train
@@ -40,7 +41,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def plan_of(tree: dict[str, Any], base: Path):
-    return validate_plugin_sections(parse_recipe(tree, "test", base))
+    return compile_recipe(tree, source="test", base_dir=base)
 
 
 def source_of(spec: dict[str, Any], base: Path = REPO):

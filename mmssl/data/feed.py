@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mmssl.data.dataset import Batch, Collator, ViewDataset
+from mmssl.batch import Batch
+from mmssl.data.dataset import Collator, ViewDataset
 from mmssl.data.errors import OnError
 from mmssl.data.sampler import ResumableBatchSampler
 from mmssl.data.sources import Source

@@ -64,7 +64,9 @@ class SourceType:
     peek: Callable[[Any, Path], Source | None] | None = None
 
 
-SOURCES: Registry[SourceType] = Registry("data source", group="mmssl.sources", builtins=("mmssl.datasets",))
+SOURCES: Registry[SourceType] = Registry(
+    "data source", group="mmssl.sources", builtins=("mmssl.datasets", "mmssl.data.streaming")
+)
 
 
 def register_source(

@@ -21,8 +21,7 @@ import torch.distributed as dist
 from dist_common import exit_without_teardown
 
 import mmssl.data.feed as feed
-from mmssl.build import validate_plugin_sections
-from mmssl.recipe import parse_recipe
+from mmssl.compiler import compile_recipe
 from mmssl.train.trainer import train
 
 SEEN: list[list[int]] = []
@@ -42,7 +41,7 @@ def run(tree: dict, out: Path, barrier_first: bool = False, **kwargs) -> None:
     if barrier_first and dist.is_initialized():
         dist.barrier()
     SEEN.clear()
-    plan = validate_plugin_sections(parse_recipe(tree, str(out), out.parent))
+    plan = compile_recipe(tree, source=str(out), base_dir=out.parent)
     train(plan, out, **kwargs)
     (out / f"seen_rank{dist.get_rank()}.json").write_text(json.dumps(SEEN))
     dist.barrier()

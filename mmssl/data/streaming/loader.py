@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmssl.data.dataset import Batch, Collator, RowDecodeError, row_views
+from mmssl.batch import Batch
+from mmssl.data.dataset import Collator, RowDecodeError, row_views
 from mmssl.data.errors import OnError, SkippedRow
 from mmssl.data.streaming.order import EpochOrder
 from mmssl.data.streaming.shards import KEY, ShardedCorpus
