@@ -83,8 +83,8 @@ class TrainFeed:
         if self.corpus is None:
             dataset = ViewDataset(source, columns, processors, views, seed, on_error)
             sampler = ResumableBatchSampler(len(dataset), batch_size, seed, rank, world_size, start=start_micro_batch)
-            self.loader = DataLoader(
-                dataset,
+            self.loader: DataLoader[Any] = DataLoader(
+                dataset,  # type: ignore[arg-type]  # map-style by its __getitem__ and __len__, not a Dataset subclass
                 batch_sampler=sampler,
                 collate_fn=Collator(processors, views),
                 num_workers=num_workers,

@@ -72,7 +72,7 @@ class ParquetStreamReader:
             raise ValueError(f"shard {file} is unreadable: {err}") from err
         first = offsets[0]
         wanted = iter(offsets)
-        target = next(wanted)
+        target: int | None = next(wanted)
         for i, row in enumerate(stream.skip(first), start=first):
             if i == target:
                 yield i, _finish(row, f"{Path(file).name}:{i}", self.label_column)
@@ -96,7 +96,7 @@ def _local(path: str, base: Path) -> str:
 
 def _class_names(features: Any, label_column: str | None) -> list[str] | None:
     feature = features.get(label_column) if (features is not None and label_column) else None
-    return list(feature.names) if hasattr(feature, "names") else None
+    return list(feature.names) if feature is not None and hasattr(feature, "names") else None
 
 
 def _streamed(options: HFDatasetOptions, base: Path) -> ShardedCorpus:

@@ -104,7 +104,8 @@ class StreamBatches(IterableDataset):
             cache[p] = rows[index]
 
     def _batch(self, rows: list[tuple[int, dict[str, Any]]]) -> Batch:
-        items, bad = [], []
+        items: list[dict[str, Any] | None] = []
+        bad: list[SkippedRow] = []
         for position, row in rows:
             epoch, index = self.order.natural(position)
             rng = np.random.default_rng([self.seed, epoch, position - epoch * self.order.size])

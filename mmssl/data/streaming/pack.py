@@ -121,9 +121,10 @@ def pack(
     extensions: dict[str, str] = dict(state.get("columns", {}))
     done = sum(s["nsamples"] for s in shards)
     total = len(source)
-    rows: Iterable[dict[str, Any]] = iter(source.rows)
+    unread: Iterator[dict[str, Any]] = iter(source.rows)
     for _ in range(done):  # an in-memory source could slice; a streamed one has to read past them anyway
-        next(rows)
+        next(unread)
+    rows: Iterable[dict[str, Any]] = unread
     if progress is not None:
         rows = progress(rows, total, done)
     number, position = len(shards), done
