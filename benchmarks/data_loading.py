@@ -39,7 +39,6 @@ from mmssl.compiler import compile_recipe
 from mmssl.data.feed import TrainFeed
 from mmssl.data.sources import SOURCES
 from mmssl.data.streaming.pack import pack
-from mmssl.recipe import load_yaml
 from mmssl.train.optim import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,12 +79,11 @@ def make_shards(folder: Path, shard_size: int) -> Path:
 
 
 def plan_for(train: dict, batch_size: int | None):
-    tree = load_yaml(QUICKSTART)
-    tree["data"]["train"] = train
-    tree["evaluations"] = []
+    """The quickstart recipe training from ``train`` (a source spec), without evaluations."""
+    overrides = [f"data.train={json.dumps(train)}", "evaluations=[]"]
     if batch_size:
-        tree["train"]["batch_size"] = batch_size
-    return compile_recipe(tree, source=str(QUICKSTART), base_dir=QUICKSTART.parent)
+        overrides.append(f"train.batch_size={batch_size}")
+    return compile_recipe(QUICKSTART, overrides)
 
 
 def feed_for(plan, processors, workers: int) -> TrainFeed:
