@@ -414,14 +414,13 @@ def test_two_process_stop_and_resume_with_two_and_with_one(tmp_path: Path, monke
         tree = tiny_tree(spec, batch_size=8, steps=6, image_only=image_only)
         tree["train"]["num_workers"] = 1 if name == "webdataset" else 0
         jobs[name] = {"tree": tree, "out": str(tmp_path / name)}
-    # Elastic 1 -> 2 (`--resume` keeps train.batch_size per process; train.steps may change): one process of
-    # batch 8 stops after 6 steps (48 samples), two processes of batch 8 resume it for 3 steps (48 samples).
+    # Elastic 1 -> 2 (`--resume` keeps the global batch, train.batch_size x processes x grad_accum): one process of
+    # batch 16 stops after 3 steps (48 samples), two processes of batch 8 resume it for 3 steps (48 samples).
     seen_one = record_batches(monkeypatch)
-    single = tiny_tree(specs["webdataset"][0], batch_size=8, steps=9)
-    train(plan_of(single, REPO), tmp_path / "one" / "stopped", stop_after=6)
+    single = tiny_tree(specs["webdataset"][0], batch_size=16, steps=6)
+    train(plan_of(single, REPO), tmp_path / "one" / "stopped", stop_after=3)
     seen_before_two = [i for b in seen_one for i in b]
     two = json.loads(json.dumps(jobs["webdataset"]["tree"]))
-    two["train"]["steps"] = 9
     jobs["webdataset_1to2"] = {
         "tree": two,
         "out": str(tmp_path / "one"),
@@ -446,12 +445,13 @@ def test_two_process_stop_and_resume_with_two_and_with_one(tmp_path: Path, monke
         # (a) resumed with two processes: bit-identical to the uninterrupted run.
         assert sorted(seen("stopped") + seen("resumed2")) == list(range(ROWS)), name
         assert weights_differ(out / "full" / "model.safetensors", out / "resumed2" / "model.safetensors") == [], name
-        # (b) resumed with one process of batch 8 for 6 more steps (48 samples): the epoch completes, nothing twice.
+        # (b) resumed with one process of batch 16 (the same global batch) for 3 more steps (48 samples): the
+        # epoch completes, nothing twice.
         shutil.copytree(out / "stopped", out / "resumed1", ignore=shutil.ignore_patterns("seen_rank*"))
         tree = json.loads(json.dumps(job["tree"]))
-        tree["train"]["steps"] = 9
+        tree["train"]["batch_size"] = 16
         seen_one.clear()
         result = train(plan_of(tree, REPO), out / "resumed1", resume=True)
-        assert result.finished and result.step == 9
+        assert result.finished and result.step == 6
         keys = seen("stopped") + [i for b in seen_one for i in b]
         assert Counter(keys) == Counter(range(ROWS)), name
