@@ -345,7 +345,8 @@ def train(
         _shutdown_data_workers(feed.batches)
         bar.close()
         logger.close()
-        accelerator.end_training()
+        for tracker in accelerator.trackers:  # not end_training(): it also destroys the process group, which the
+            tracker.finish()  # final gather and barrier below (and a caller's next run in this process) still need
     if policy.skip:
         accelerator.print(f"skipped {policy.total} unreadable samples (listed in {skipped_log})")
     full = full_model_state(inner) if sharded else dict(inner.state_dict())  # gathering shards is collective
