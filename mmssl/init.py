@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from mmssl.data import sources
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
 SERIES_SUFFIXES = {".csv", ".parquet"}
@@ -65,24 +67,11 @@ class Profile:
 
 
 def read_manifest_rows(file: Path) -> list[dict[str, Any]]:
-    """All rows of a .csv / .jsonl / .parquet manifest, as dicts."""
-    if file.suffix == ".jsonl":
-        rows = []
-        for line_no, line in enumerate(file.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise InitError(f"{file}:{line_no}: not valid JSON ({err.msg})") from err
-        return rows
-    if file.suffix == ".csv":
-        with file.open(newline="") as handle:
-            return list(csv.DictReader(handle))
-    if file.suffix == ".parquet":
-        import pandas as pd
-
-        return pd.read_parquet(file).to_dict("records")
-    raise InitError(f"{file}: expected a .csv, .jsonl or .parquet manifest")
+    """All rows of a .csv / .jsonl / .parquet manifest, as dicts (the manifest source's own reader)."""
+    try:
+        return sources.read_manifest_rows(file)
+    except ValueError as err:
+        raise InitError(str(err)) from err
 
 
 def classify(name: str, values: list[Any], base: Path) -> Column | None:

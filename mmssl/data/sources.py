@@ -120,6 +120,31 @@ def peek_manifest(options: ManifestOptions, base: Path) -> Source | None:
     return load_manifest(options, base) if (file if file.is_absolute() else base / file).is_file() else None
 
 
+def read_manifest_rows(file: Path) -> list[dict[str, Any]]:
+    """All rows of a .jsonl, .csv or .parquet manifest, as dicts.
+
+    Raises:
+        ValueError: A JSONL line that is not JSON (file and line named), or another file type.
+    """
+    if file.suffix == ".jsonl":
+        rows = []
+        for line_no, line in enumerate(file.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{file}:{line_no}: not valid JSON ({err.msg})") from err
+        return rows
+    if file.suffix == ".csv":
+        with file.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+    if file.suffix == ".parquet":
+        import pandas as pd
+
+        return list(pd.read_parquet(file).to_dict("records"))
+    raise ValueError(f"manifest {file}: expected a .jsonl, .csv or .parquet file")
+
+
 @register_source("manifest", ManifestOptions, peek=peek_manifest)
 def load_manifest(options: ManifestOptions, base: Path) -> Source:
     """Rows from a JSONL, CSV or Parquet manifest (optionally one split of it, by ``split_column``).
@@ -130,23 +155,7 @@ def load_manifest(options: ManifestOptions, base: Path) -> Source:
     file = file if file.is_absolute() else base / file
     if not file.is_file():
         raise FileNotFoundError(f"manifest {file} not found")
-    if file.suffix == ".jsonl":
-        rows = []
-        for line_no, line in enumerate(file.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{file}:{line_no}: not valid JSON ({err.msg})") from err
-    elif file.suffix == ".csv":
-        with file.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    elif file.suffix == ".parquet":
-        import pandas as pd
-
-        rows = pd.read_parquet(file).to_dict("records")
-    else:
-        raise ValueError(f"manifest {file}: expected a .jsonl, .csv or .parquet file")
+    rows = read_manifest_rows(file)
     numbers = list(range(1, len(rows) + 1))  # 1-based data rows of the file, for messages
     if options.split_column is not None:
         if rows and options.split_column not in rows[0]:
