@@ -13,6 +13,8 @@ and DDP's averaging of gradients yields exactly the single-process full-batch gr
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,6 +23,7 @@ from mmssl.objectives.distributed import gather_rows
 
 __all__ = [
     "clip_loss",
+    "content_ids",
     "info_nce",
     "masked_accuracy",
     "masked_cross_entropy",
@@ -30,6 +33,60 @@ __all__ = [
 ]
 
 CLIP_MAX_LOGIT_SCALE = 100.0
+_HASH_PRIME = 2_147_483_647  # 2**31 - 1: products of two residues fit in int64
+
+
+def content_ids(rows: Tensor) -> Tensor:
+    """An int64 id per row that is equal for rows with identical content (and, but for chance, only for them).
+
+    A row's values (their bit patterns for floats) are hashed exactly with two polynomial hashes modulo 2**31 - 1,
+    so the id of a row does not depend on the batch it is in (ids from different processes compare).
+
+    Shapes: rows ``[n, ...]`` (any dtype) -> ``[n]`` long.
+    """
+    flat = rows.reshape(rows.shape[0], -1)
+    if flat.is_floating_point():
+        flat = flat.float().contiguous().view(torch.int32)
+    values = flat.long() % _HASH_PRIME
+    ids = []
+    for base in (1_000_003, 998_244_353):
+        powers = torch.tensor(_powers(base, values.shape[1]), device=rows.device, dtype=torch.long)
+        ids.append(((values * powers) % _HASH_PRIME).sum(1) % _HASH_PRIME)
+    return ids[0] * _HASH_PRIME + ids[1]
+
+
+@functools.lru_cache(maxsize=32)
+def _powers(base: int, count: int) -> list[int]:
+    """``base**k mod (2**31 - 1)`` for k < count."""
+    return [pow(base, k, _HASH_PRIME) for k in range(count)]
+
+
+def _positive_mask(
+    ids: tuple[Tensor | None, Tensor | None], n: int, offset: int, big_n: int, gather: bool, device: torch.device
+) -> Tensor:
+    """[n, N] bool: True where column j is row i's pair (j = offset + i) or has identical content on either side.
+
+    ``ids`` are the local content ids ``[n]`` of each modality (None: every row is unique there).
+    """
+    rows = torch.arange(n, device=device) + offset
+    mask = torch.arange(big_n, device=device)[None, :] == rows[:, None]
+    for local in ids:
+        if local is None:
+            continue
+        with torch.no_grad():
+            every = gather_rows(local)[0] if gather else local
+        mask = mask | (local[:, None] == every[None, :])
+    return mask
+
+
+def _multi_positive_cross_entropy(logits: Tensor, positive: Tensor) -> Tensor:
+    """Per-row cross entropy against the uniform distribution over the row's positives (UniCL).
+
+    Shapes: logits, positive ``[n, N]`` -> ``[n]``.
+    """
+    target = positive.to(logits.dtype)
+    target = target / target.sum(1, keepdim=True).clamp_min(1)
+    return -(target * logits.log_softmax(1)).sum(1)
 
 
 def _check_pair(a: Tensor, b: Tensor, names: str) -> None:
@@ -56,6 +113,13 @@ def _top1(logits: Tensor, labels: Tensor) -> Tensor:
     if logits.numel() == 0:
         return logits.new_zeros(())
     return (logits.argmax(1) == labels).float().mean()
+
+
+def _top1_positive(logits: Tensor, positive: Tensor) -> Tensor:
+    """Share of rows whose largest logit is one of their positives. Shapes: [n, N], [n, N] bool -> []."""
+    if logits.numel() == 0:
+        return logits.new_zeros(())
+    return positive.gather(1, logits.argmax(1, keepdim=True)).float().mean()
 
 
 def info_nce(z_a: Tensor, z_b: Tensor, temperature: float, gather: bool = False) -> dict[str, Tensor]:
@@ -106,7 +170,13 @@ def info_nce(z_a: Tensor, z_b: Tensor, temperature: float, gather: bool = False)
     return {"loss": loss, "acc": acc}
 
 
-def clip_loss(x: Tensor, y: Tensor, logit_scale: Tensor, gather: bool = False) -> dict[str, Tensor]:
+def clip_loss(
+    x: Tensor,
+    y: Tensor,
+    logit_scale: Tensor,
+    gather: bool = False,
+    ids: tuple[Tensor | None, Tensor | None] = (None, None),
+) -> dict[str, Tensor]:
     """Symmetric InfoNCE of CLIP over paired rows of two modalities.
 
     ``logits = exp(logit_scale) * x @ y.T`` (the factor is clamped to at most 100, as in
@@ -119,10 +189,14 @@ def clip_loss(x: Tensor, y: Tensor, logit_scale: Tensor, gather: bool = False) -
         logit_scale: Learnable scalar, log of the inverse temperature (CLIP init: log(1/0.07)).
         gather: Local rows against the columns of all processes (open_clip ``local_loss``
             style, labels offset by ``rank * n``); each direction is a mean over the local rows.
+        ids: Content ids ``[n]`` of the x and the y rows (:func:`content_ids`; None: all distinct). Rows with
+            identical content on either side are positives of each other (UniCL, Yang et al. 2022): two rows with
+            the same caption cannot be told apart by it, so they are not made negatives. The cross entropy then
+            targets the uniform distribution over a row's positives. Without duplicates this is CLIP exactly.
 
     Returns:
         ``loss``, and detached ``loss_x2y``, ``loss_y2x``, ``acc`` (mean top-1 accuracy of both
-        directions) and ``scale`` (the clamped ``exp(logit_scale)``).
+        directions: the largest logit is a positive) and ``scale`` (the clamped ``exp(logit_scale)``).
 
     Shapes:
         x, y: ``[n, d]``; logit_scale: ``[]``; logits per direction: ``[n, N]``.
@@ -137,12 +211,19 @@ def clip_loss(x: Tensor, y: Tensor, logit_scale: Tensor, gather: bool = False) -
     else:
         logits_y2x = scale * (y @ x_all.T)
     labels = torch.arange(n, device=x.device) + offset
-
-    loss_x2y = _mean(F.cross_entropy(logits_x2y, labels, reduction="none"), weight)
-    loss_y2x = _mean(F.cross_entropy(logits_y2x, labels, reduction="none"), weight)
+    if ids[0] is None and ids[1] is None:
+        loss_x2y = _mean(F.cross_entropy(logits_x2y, labels, reduction="none"), weight)
+        loss_y2x = _mean(F.cross_entropy(logits_y2x, labels, reduction="none"), weight)
+        with torch.no_grad():
+            acc = 0.5 * (_top1(logits_x2y, labels) + _top1(logits_y2x, labels))
+    else:
+        # The relation "identical x or identical y" is symmetric, so one mask serves both directions.
+        positive = _positive_mask(ids, n, offset, x_all.shape[0], gather, x.device)
+        loss_x2y = _mean(_multi_positive_cross_entropy(logits_x2y, positive), weight)
+        loss_y2x = _mean(_multi_positive_cross_entropy(logits_y2x, positive), weight)
+        with torch.no_grad():
+            acc = 0.5 * (_top1_positive(logits_x2y, positive) + _top1_positive(logits_y2x, positive))
     loss = 0.5 * (loss_x2y + loss_y2x)
-    with torch.no_grad():
-        acc = 0.5 * (_top1(logits_x2y, labels) + _top1(logits_y2x, labels))
     return {
         "loss": loss,
         "loss_x2y": loss_x2y.detach(),
@@ -153,7 +234,12 @@ def clip_loss(x: Tensor, y: Tensor, logit_scale: Tensor, gather: bool = False) -
 
 
 def siglip_loss(
-    x: Tensor, y: Tensor, logit_scale: Tensor, logit_bias: Tensor, gather: bool = False
+    x: Tensor,
+    y: Tensor,
+    logit_scale: Tensor,
+    logit_bias: Tensor,
+    gather: bool = False,
+    ids: tuple[Tensor | None, Tensor | None] = (None, None),
 ) -> dict[str, Tensor]:
     """Pairwise sigmoid loss of SigLIP.
 
@@ -169,6 +255,8 @@ def siglip_loss(
         logit_bias: Learnable scalar bias (SigLIP init: -10).
         gather: Local ``x`` rows against the gathered ``y`` of all processes (with gradient),
             normalised by the local ``n``, so that the mean over processes is the full-batch loss.
+        ids: Content ids ``[n]`` of the x and the y rows (None: all distinct); pairs with identical content on
+            either side get ``z_ij = +1`` too (see :func:`clip_loss`).
 
     Returns:
         ``loss``, and detached ``acc`` (fraction of rows whose paired column has the largest
@@ -182,17 +270,15 @@ def siglip_loss(
     n = x.shape[0]
     y_all, offset, weight = gather_rows(y) if gather else (y, 0, 1.0)
     logits = logit_scale.exp() * (x @ y_all.T) + logit_bias  # [n, N]
-    labels = torch.arange(n, device=x.device) + offset
-    cols = torch.arange(y_all.shape[0], device=x.device)
-    positive = cols[None, :] == labels[:, None]  # [n, N]
+    positive = _positive_mask(ids, n, offset, y_all.shape[0], gather, x.device)  # [n, N]
     signs = positive.to(logits.dtype) * 2 - 1
 
     loss = -F.logsigmoid(signs * logits).sum() * (weight / max(n, 1))
     with torch.no_grad():
         probs = logits.sigmoid()
-        acc = _top1(logits, labels)
+        acc = _top1_positive(logits, positive)
         pos_prob = _mean(probs[positive], 1.0)
-        n_neg = positive.numel() - n
+        n_neg = positive.numel() - int(positive.sum())
         neg_prob = probs.masked_fill(positive, 0).sum() / max(n_neg, 1)
     return {"loss": loss, "acc": acc, "pos_prob": pos_prob, "neg_prob": neg_prob}
 
