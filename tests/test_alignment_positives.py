@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
+from mmssl.modality import ModalityBatch
+from mmssl.objectives.alignment import paired_content_ids
 from mmssl.objectives.functional import clip_loss, content_ids, siglip_loss
 
 F64 = torch.float64
@@ -138,3 +140,44 @@ def test_siglip_identical_rows_are_positives() -> None:
     probs = torch.sigmoid(s * (x @ y.T) + b)
     assert_close(out["pos_prob"], probs[pos].mean())
     assert_close(out["neg_prob"], probs[~pos].mean())
+
+
+class _Context:
+    """The part of StepContext that ``paired_content_ids`` reads: inputs per modality and row presence."""
+
+    def __init__(self, inputs: dict[str, ModalityBatch], present: dict[str, torch.Tensor]) -> None:
+        self._inputs, self._present = inputs, present
+
+    def has(self, modality: str, view: str = "clean") -> bool:
+        return modality in self._inputs
+
+    def inputs(self, modality: str, view: str = "clean") -> ModalityBatch:
+        return self._inputs[modality]
+
+    def paired_rows(self, a: str, b: str) -> tuple[torch.Tensor, torch.Tensor]:
+        pa, pb = self._present[a], self._present[b]
+        both = pa & pb
+        return (pa.cumsum(0) - 1)[both], (pb.cumsum(0) - 1)[both]
+
+
+def test_paired_content_ids_of_tensor_dict_and_unhashable_inputs() -> None:
+    images = torch.rand(4, 1, 3, 3, generator=torch.Generator().manual_seed(1))
+    tokens = {"ids": torch.tensor([[3, 4], [3, 4], [5, 6], [3, 4]]), "mask": torch.ones(4, 2, dtype=torch.bool)}
+    # row 2 has no text: the pairs are rows 0, 1, 3, and the text batch holds only those three rows
+    present = {"image": torch.tensor([True, True, True, True]), "text": torch.tensor([True, True, False, True])}
+    text_rows = {k: v[[0, 1, 3]] for k, v in tokens.items()}
+    ctx = _Context({"image": ModalityBatch(images), "text": ModalityBatch(text_rows)}, present)
+    ids_image, ids_text = paired_content_ids(ctx, [("image", "clean"), ("text", "clean")], torch.device("cpu"))  # type: ignore[arg-type]
+    assert ids_image.shape == ids_text.shape == (3,)
+    assert len(set(ids_image.tolist())) == 3
+    assert ids_text[0] == ids_text[1] == ids_text[2]  # the three paired captions are all [3, 4]
+
+    class Graphs:  # no tensor rows to hash (e.g. a torch_geometric Batch)
+        num_graphs = 4
+
+    ctx = _Context(
+        {"image": ModalityBatch(images), "graph": ModalityBatch(Graphs())},
+        {"image": torch.ones(4, dtype=torch.bool), "graph": torch.ones(4, dtype=torch.bool)},
+    )
+    _, ids_graph = paired_content_ids(ctx, [("image", "clean"), ("graph", "clean")], torch.device("cpu"))  # type: ignore[arg-type]
+    assert len(set(ids_graph.tolist())) == 4 and (ids_graph < 0).all()  # unique, and never equal to a hash
