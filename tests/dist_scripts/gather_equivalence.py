@@ -29,6 +29,9 @@ from mmssl.objectives.distributed import gather_with_grad, rank, world_size
 N_ROWS = 8
 TOL = 1e-5
 CONTROL_MIN_DIFF = 1e-4
+#: Content ids of the b rows with duplicates (positives: identical) across the two processes' slices: rows 0, 2, 6
+#: share one caption, rows 1 and 4 another.
+DUPLICATE_IDS = torch.tensor([0, 1, 0, 2, 1, 3, 0, 4])
 
 
 class Towers(nn.Module):
@@ -41,15 +44,18 @@ class Towers(nn.Module):
         self.sig_bias = nn.Parameter(torch.tensor(-2.0))
 
 
-def compute_loss(model: Towers, name: str, xa: torch.Tensor, xb: torch.Tensor, gather: bool) -> torch.Tensor:
+def compute_loss(
+    model: Towers, name: str, xa: torch.Tensor, xb: torch.Tensor, gather: bool, rows: slice = slice(None)
+) -> torch.Tensor:
     if name == "info_nce":  # two views through one shared encoder, as in SimCLR
         return fn.info_nce(model.tower_a(xa), model.tower_a(xb), temperature=0.2, gather=gather)["loss"]
     x = F.normalize(model.tower_a(xa), dim=-1)
     y = F.normalize(model.tower_b(xb), dim=-1)
-    if name == "clip_loss":
-        return fn.clip_loss(x, y, model.clip_scale, gather=gather)["loss"]
-    if name == "siglip_loss":
-        return fn.siglip_loss(x, y, model.sig_scale, model.sig_bias, gather=gather)["loss"]
+    ids = (None, DUPLICATE_IDS[rows]) if name.endswith("_duplicates") else (None, None)
+    if name.startswith("clip_loss"):
+        return fn.clip_loss(x, y, model.clip_scale, gather=gather, ids=ids)["loss"]
+    if name.startswith("siglip_loss"):
+        return fn.siglip_loss(x, y, model.sig_scale, model.sig_bias, gather=gather, ids=ids)["loss"]
     raise ValueError(name)
 
 
@@ -68,7 +74,7 @@ def ddp_step(
     split = split or [N_ROWS // world_size()] * world_size()
     start = sum(split[: rank()])
     rows = slice(start, start + split[rank()])
-    loss = compute_loss(model, name, xa[rows], xb[rows], gather=True)
+    loss = compute_loss(model, name, xa[rows], xb[rows], gather=True, rows=rows)
     loss.backward()
     g = grads(model)
     for t in g.values():
@@ -120,7 +126,7 @@ def main() -> int:
     if report["gather_order_diff"] != 0.0:
         failures.append("gather order")
 
-    for name in ("info_nce", "clip_loss", "siglip_loss"):
+    for name in ("info_nce", "clip_loss", "siglip_loss", "clip_loss_duplicates", "siglip_loss_duplicates"):
         dist_loss, dist_grads = ddp_step(model, name, xa, xb)
         if rank() == 0:
             ref_loss, ref_grads = reference(model, name, xa, xb)
@@ -136,7 +142,7 @@ def main() -> int:
 
     # Unequal row counts per process (partially paired rows): still the full-batch loss and gradient.
     uneven = [3, N_ROWS - 3] if world_size() == 2 else None
-    for name in ("info_nce", "clip_loss", "siglip_loss"):
+    for name in ("info_nce", "clip_loss", "siglip_loss", "clip_loss_duplicates", "siglip_loss_duplicates"):
         dist_loss, dist_grads = ddp_step(model, name, xa, xb, uneven)
         if rank() == 0:
             ref_loss, ref_grads = reference(model, name, xa, xb)
