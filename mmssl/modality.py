@@ -140,7 +140,11 @@ class Encoder(Protocol):
 
 @runtime_checkable
 class Processor(Protocol):
-    """A modality's preprocessing, fitted to a dataset (normalisation statistics, a tokenizer, ...)."""
+    """A modality's preprocessing, fitted to a dataset (normalisation statistics, a tokenizer, ...).
+
+    Optional methods, looked up when present: ``augment_local`` (the ``local_views`` capability),
+    ``token_grid`` (JEPA block masks) and ``raw_features`` (``SupportsRawFeatures``).
+    """
 
     def decode(self, raw: Any) -> Any:
         """Turn one raw value (path, bytes, array, string) into a sample."""
@@ -159,6 +163,26 @@ class Processor(Protocol):
 
     def save(self, directory: Path) -> None:
         """Write what ``ModalityPlugin.load_processor`` needs to rebuild this processor."""
+
+
+@runtime_checkable
+class SupportsRawFeatures(Protocol):
+    """An optional ``Processor`` method: the "raw input" baseline of evaluations (kNN, linear probe).
+
+    Processors whose prepared input is not one float tensor per row (token ids, graphs) define it to give a
+    fixed-length vector per row; without it the baseline is the prepared input flattened, or none when that is
+    not one float tensor (``mmssl.eval.embed.raw_features``).
+    """
+
+    def raw_features(self, samples: Iterable[Any]) -> Tensor:
+        """Features of prepared samples (from ``prepare``), read once, in order.
+
+        Anything fitted (a vocabulary, idf weights) is fitted on these samples alone, so rows that are compared
+        (an evaluation's train and test rows) come in one call and share one feature space.
+
+        Shapes:
+            -> [N, F] float, one row per sample.
+        """
 
 
 @dataclass

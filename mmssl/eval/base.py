@@ -133,8 +133,8 @@ class EvalContext:
         return found
 
     def raw(self, modality: str, splits: tuple[str, ...]) -> list[Tensor] | None:
-        """The raw prepared input of the splits' labelled rows (``raw_features``, one padding shape for all of
-        them), split back per split; None when the modality's input is not one float tensor per row."""
+        """The raw-input baseline of the splits' labelled rows (``raw_features`` over all of them at once: one
+        padding shape, one vocabulary), split back per split; None when the modality has no raw baseline."""
         key = ("raw", modality, splits)
         if key not in self._cache:
             values = [self.labelled(modality, split)[0] for split in splits]

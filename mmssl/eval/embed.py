@@ -11,7 +11,7 @@ from torch import Tensor
 
 from mmssl.data.dataset import is_missing
 from mmssl.data.sources import Source
-from mmssl.modality import Processor
+from mmssl.modality import Processor, SupportsRawFeatures
 from mmssl.model import JointEmbeddingModel
 
 
@@ -58,14 +58,31 @@ def _float_tensor(data: Any) -> Tensor | None:
 
 
 def raw_features(processor: Processor, values: list, batch_size: int = 1024) -> Tensor | None:
-    """The prepared input, zero-padded to the largest shape over all rows and flattened, as a baseline.
+    """The "raw input" baseline: features of each row without any learning, all rows in one feature space.
 
-    Accepts padded batches and dict data with one float tensor (e.g. ``{"values": [B, C, L]}``), padding every
-    batch at the end of each dimension to the same shape, so channel and time positions line up between rows.
-    None when the input is not one float tensor per row (token ids, graphs).
+    A processor with ``raw_features`` (``SupportsRawFeatures``: e.g. a bag of tokens for text, of node features
+    for graphs) gets every prepared row in one call, so what it fits (a vocabulary, idf) is shared by all rows.
+    Otherwise it is the prepared input, zero-padded to the largest shape over all rows and flattened: batches of
+    ``batch_size`` rows and dict data with one float tensor (e.g. ``{"values": [B, C, L]}``) are padded at the
+    end of each dimension to one shape, so channel and time positions line up between rows. None when there are
+    no rows, or no ``raw_features`` and the input is not one float tensor per row.
 
-    Shapes: -> [N, F].
+    Raises:
+        ValueError: The processor's ``raw_features`` returned something other than one row per value.
+
+    Shapes: -> [N, F] float32 on the CPU.
     """
+    if not values:
+        return None
+    if isinstance(processor, SupportsRawFeatures):
+        found = processor.raw_features(processor.prepare(processor.decode(v)) for v in values)
+        if not isinstance(found, Tensor) or found.ndim != 2 or len(found) != len(values):
+            got = f"shape {list(found.shape)}" if isinstance(found, Tensor) else type(found).__name__
+            raise ValueError(
+                f"{type(processor).__name__}.raw_features must return an [N, F] tensor for N = {len(values)} "
+                f"samples, got {got}"
+            )
+        return found.float().cpu()
     chunks = []
     for lo in range(0, len(values), batch_size):
         batch = processor.collate([processor.prepare(processor.decode(v)) for v in values[lo : lo + batch_size]])
@@ -73,8 +90,6 @@ def raw_features(processor: Processor, values: list, batch_size: int = 1024) -> 
         if x is None:
             return None
         chunks.append(x.float().cpu())
-    if not chunks:
-        return None
     shape = [max(c.shape[d] for c in chunks) for d in range(1, chunks[0].ndim)]
     padded = []
     for c in chunks:
