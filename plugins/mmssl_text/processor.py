@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from mmssl.modality import MaskedInput, ModalityBatch
+from mmssl_text.baseline import bag_of_tokens
 from mmssl_text.options import TextOptions
 from mmssl_text.tokenizer import (
     TOKENIZER_FILE,
@@ -166,6 +167,18 @@ class TextProcessor:
         data = {**batch.data, "ids": corrupted} if isinstance(batch.data, dict) else {"ids": corrupted}
         masked = ModalityBatch(data=data, padding_mask=batch.padding_mask, keep=batch.keep)
         return MaskedInput(batch=masked, mask=chosen, target=ids, num_classes=self.vocab_size)
+
+    def raw_features(self, samples: Iterable[Sequence[int]]) -> Tensor:
+        """The raw-input baseline: a TF-IDF bag of token ids (``mmssl_text.baseline.bag_of_tokens``) fitted on
+        ``samples``, leaving out every special token (padding, CLS, SEP, mask, unknown, ...).
+
+        Args:
+            samples: Token ids from ``prepare``, read once.
+
+        Shapes:
+            -> [N, K] float32 with L2-normalised rows; K <= ``baseline.MAX_TOKENS`` (4096) most frequent ids.
+        """
+        return bag_of_tokens(samples, ignore=self.specials.special_ids)
 
     def save(self, directory: Path) -> None:
         """Write ``tokenizer.json`` and ``text_special_tokens.json`` into ``directory`` (created if needed)."""
