@@ -15,6 +15,7 @@ from torch_geometric.utils import to_dense_batch
 
 from mmssl.modality import MaskedInput, ModalityBatch
 from mmssl_graph.augment import random_view
+from mmssl_graph.baseline import bag_of_features
 from mmssl_graph.decode import check_graph, decode_graph
 from mmssl_graph.options import GraphOptions
 
@@ -123,6 +124,16 @@ class GraphProcessor:
             target=target,
             num_classes=self.num_classes,
         )
+
+    def raw_features(self, samples: Iterable[Data]) -> Tensor:
+        """The raw-input baseline: per graph, counts and shares of each node and edge feature category, then the
+        node and edge counts (``mmssl_graph.baseline.bag_of_features``); nothing is fitted.
+
+        Shapes:
+            -> [N, 2 * sum(node_vocab) + 2 * sum(edge_vocab) + 2] float32 (416 for molecules).
+        """
+        o = self.options
+        return bag_of_features((self._check(s) for s in samples), o.node_vocab, o.edge_vocab)
 
     def state(self) -> dict[str, Any]:
         """What ``save`` writes: the feature layout the encoder was built for."""
