@@ -67,6 +67,11 @@ def test_content_ids_match_exactly_identical_rows_only() -> None:
     assert a[3] != b[3] and torch.equal(a[:3], b[:3])
     assert torch.equal(content_ids(pixels[2:4]), a[2:4])
     assert len(set(a.tolist())) == 6
+    # rows longer than one hashing block: a change in the last block still tells rows apart
+    long_rows = torch.zeros(3, 2 * 4096 + 5, dtype=torch.long)
+    long_rows[1, -1] = 7
+    long_ids = content_ids(long_rows)
+    assert long_ids[0] == long_ids[2] and long_ids[0] != long_ids[1]
 
 
 def test_clip_with_distinct_ids_is_clip() -> None:

@@ -34,31 +34,38 @@ __all__ = [
 
 CLIP_MAX_LOGIT_SCALE = 100.0
 _HASH_PRIME = 2_147_483_647  # 2**31 - 1: products of two residues fit in int64
+_HASH_BLOCK = 4096  # columns per block: a block's sum of residues (< 4096 * 2**31) fits in int64 too
 
 
 def content_ids(rows: Tensor) -> Tensor:
     """An int64 id per row that is equal for rows with identical content (and, but for chance, only for them).
 
     A row's values (their bit patterns for floats) are hashed exactly with two polynomial hashes modulo 2**31 - 1,
-    so the id of a row does not depend on the batch it is in (ids from different processes compare).
+    so the id of a row does not depend on the batch it is in (ids from different processes compare). The values
+    are read in blocks of ``_HASH_BLOCK`` columns, so the int64 temporaries stay at ``[n, _HASH_BLOCK]`` however
+    large a row is (a 224-pixel RGB image has 150k values).
 
     Shapes: rows ``[n, ...]`` (any dtype) -> ``[n]`` long.
     """
     flat = rows.reshape(rows.shape[0], -1)
     if flat.is_floating_point():
         flat = flat.float().contiguous().view(torch.int32)
-    values = flat.long() % _HASH_PRIME
-    ids = []
+    width = flat.shape[1]
+    hashes = []
     for base in (1_000_003, 998_244_353):
-        powers = torch.tensor(_powers(base, values.shape[1]), device=rows.device, dtype=torch.long)
-        ids.append(((values * powers) % _HASH_PRIME).sum(1) % _HASH_PRIME)
-    return ids[0] * _HASH_PRIME + ids[1]
+        powers = _powers(base, width, rows.device)
+        total = flat.new_zeros(flat.shape[0], dtype=torch.long)
+        for lo in range(0, width, _HASH_BLOCK):
+            values = flat[:, lo : lo + _HASH_BLOCK].long() % _HASH_PRIME
+            total = (total + (values * powers[lo : lo + _HASH_BLOCK]).remainder_(_HASH_PRIME).sum(1)) % _HASH_PRIME
+        hashes.append(total)
+    return hashes[0] * _HASH_PRIME + hashes[1]
 
 
 @functools.lru_cache(maxsize=32)
-def _powers(base: int, count: int) -> list[int]:
-    """``base**k mod (2**31 - 1)`` for k < count."""
-    return [pow(base, k, _HASH_PRIME) for k in range(count)]
+def _powers(base: int, count: int, device: torch.device) -> Tensor:
+    """``base**k mod (2**31 - 1)`` for k < count, built once per (base, count, device). Shapes: -> [count] long."""
+    return torch.tensor([pow(base, k, _HASH_PRIME) for k in range(count)], dtype=torch.long, device=device)
 
 
 def _positive_mask(
