@@ -1,4 +1,8 @@
-"""Twemoji: the Twitter emoji images of the npm package ``emoji-datasource-twitter``, with their Unicode names.
+"""Emoji artwork of the npm ``emoji-datasource-<vendor>`` packages, with their Unicode names: ``twemoji`` (Twitter's
+Twemoji, ``emoji-datasource-twitter``) and ``noto_emoji`` (Google's Noto Color Emoji, ``emoji-datasource-google``).
+
+Both packages come from the same project (iamcal/emoji-data) and share the layout below; one loader
+(``load_emoji``) reads either, given its ``Vendor``.
 
 The package (installed by ``scripts/install-data.sh``, found with ``mmssl.datasets.npm.find_npm_package``) holds
 ``emoji.json`` (one entry per emoji: ``name``, ``unified`` code, ``short_names``, ``category``, ``subcategory``,
@@ -11,7 +15,9 @@ The train/test split is a stable hash of the emoji's ``unified`` code (SHA-1, as
 does not depend on the package's order or on ``limit``. Skin-tone variations (``skin_variations``, 1,875
 images of 323 people and hands emoji) are left out by default: they repeat an image with a different colour
 and a caption that differs only by "light skin tone" etc., which would swamp the People & Body category and
-make captions near-duplicates. ``skin_tones: true`` adds them, each in the split of its base emoji.
+make captions near-duplicates. ``skin_tones: true`` adds them, each in the split of its base emoji. Every vendor
+uses the same hash (salted ``twemoji/``), so an emoji is in the same split in every vendor's artwork: a model
+trained on one vendor's train split can be tested on another's test split without seeing those emoji.
 
 The PNGs have transparent backgrounds; the image plugin composites transparency on white
 (``mmssl_image.decode``), so emoji appear on a white background.
@@ -20,6 +26,7 @@ The PNGs have transparent backgrounds; the image plugin composites transparency 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,8 +36,31 @@ from mmssl.data.sources import Source, SourceOptions, register_source
 from mmssl.datasets.digits import hash_share
 from mmssl.datasets.npm import find_npm_package
 
-PACKAGE = "emoji-datasource-twitter"
-IMAGE_FOLDER = Path("img") / "twitter" / "64"
+
+@dataclass(frozen=True)
+class Vendor:
+    """One vendor's emoji package: ``emoji-datasource-<key>``, images in ``img/<key>/64``, flag ``has_img_<key>``."""
+
+    source: str  # the registered source name
+    key: str  # the vendor's name in the package (twitter, google, apple, facebook)
+
+    @property
+    def package(self) -> str:
+        return f"emoji-datasource-{self.key}"
+
+    @property
+    def image_folder(self) -> Path:
+        return Path("img") / self.key / "64"
+
+    @property
+    def has_image(self) -> str:
+        return f"has_img_{self.key}"
+
+
+TWITTER = Vendor("twemoji", "twitter")
+GOOGLE = Vendor("noto_emoji", "google")
+PACKAGE = TWITTER.package
+IMAGE_FOLDER = TWITTER.image_folder
 #: The 10 categories in the package's own order (``categories.json``); a row's ``label`` indexes this list.
 CATEGORIES = [
     "Smileys & Emotion",
@@ -64,10 +94,11 @@ class TwemojiOptions(SourceOptions):
     root: str | None = Field(
         None, description=f"The {PACKAGE} package folder; None looks in the npm data folder (find_npm_package)."
     )
-    caption: Literal["name", "short_names", "template"] = Field(
+    caption: Literal["name", "short_names", "template", "none"] = Field(
         "name",
         description="name: the Unicode name, lower-cased ('grinning face'); short_names: the short names with _ "
-        "and - as spaces, joined by ', ' ('grinning'); template: `template` filled in, lower-cased.",
+        "and - as spaces, joined by ', ' ('grinning'); template: `template` filled in, lower-cased; none: no "
+        "caption column (images and labels only).",
     )
     template: str = Field(
         DEFAULT_TEMPLATE,
@@ -77,6 +108,11 @@ class TwemojiOptions(SourceOptions):
         False, description="Also add each skin-tone variation as a row (in its base emoji's split)."
     )
     text_column: str = Field("text", description="Column the caption is written to.")
+    metadata: bool = Field(
+        True,
+        description="Also write the columns category, subcategory, unified and short_name; false keeps only image, "
+        "caption and label (what `mmssl init` should see: the subcategory names the category).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TwemojiOptions:
@@ -116,10 +152,10 @@ def caption_of(entry: dict[str, Any], options: TwemojiOptions, tone: str | None 
     ).lower()
 
 
-def read_entries(folder: Path) -> list[dict[str, Any]]:
+def read_entries(folder: Path, package: str = PACKAGE) -> list[dict[str, Any]]:
     file = folder / "emoji.json"
     if not file.is_file():
-        raise FileNotFoundError(f"{file} not found: {folder} is not the {PACKAGE} npm package folder")
+        raise FileNotFoundError(f"{file} not found: {folder} is not the {package} npm package folder")
     try:
         entries = json.loads(file.read_text())
     except json.JSONDecodeError as err:
@@ -129,22 +165,42 @@ def read_entries(folder: Path) -> list[dict[str, Any]]:
     return entries
 
 
+class NotoEmojiOptions(TwemojiOptions):
+    root: str | None = Field(
+        None,
+        description=f"The {GOOGLE.package} package folder; None looks in the npm data folder (find_npm_package).",
+    )
+
+
 @register_source("twemoji", TwemojiOptions)
 def load_twemoji(options: TwemojiOptions, base: Path) -> Source:
     """Rows ``{"image": Path of the 64x64 RGBA PNG, "text": caption, "label": category index, "category",
     "subcategory", "unified", "short_name"}`` sorted by unified code; ``class_names`` are the 10 categories."""
+    return load_emoji(TWITTER, options, base)
+
+
+@register_source("noto_emoji", NotoEmojiOptions)
+def load_noto_emoji(options: NotoEmojiOptions, base: Path) -> Source:
+    """Google's Noto Color Emoji (``emoji-datasource-google``): the rows and splits of ``twemoji``, other artwork."""
+    return load_emoji(GOOGLE, options, base)
+
+
+def load_emoji(vendor: Vendor, options: TwemojiOptions, base: Path) -> Source:
+    """Every emoji with an image of ``vendor`` as one row (see the module docstring); no text column when
+    ``caption: none``."""
     root = options.root
     if root is not None and not Path(root).expanduser().is_absolute():
         root = str(base / Path(root).expanduser())
-    folder = find_npm_package(PACKAGE, root)
-    entries = read_entries(folder)
-    images = folder / IMAGE_FOLDER
+    folder = find_npm_package(vendor.package, root)
+    entries = read_entries(folder, vendor.package)
+    images = folder / vendor.image_folder
     if not images.is_dir():
-        raise FileNotFoundError(f"{images} not found: the {PACKAGE} package at {folder} has no 64 px Twitter images")
+        raise FileNotFoundError(f"{images} not found: the {vendor.package} package at {folder} has no 64 px images")
     lookup = {name: i for i, name in enumerate(CATEGORIES)}
+    captions = options.caption != "none"
     rows: list[dict[str, Any]] = []
     for entry in sorted(entries, key=lambda e: e["unified"]):
-        if not entry.get("has_img_twitter") or not entry.get("name"):
+        if not entry.get(vendor.has_image) or not entry.get("name"):
             continue
         in_test = hash_share(f"twemoji/{entry['unified']}") < options.test_fraction
         if options.split != "all" and in_test != (options.split == "test"):
@@ -156,25 +212,27 @@ def load_twemoji(options: TwemojiOptions, base: Path) -> Source:
         variants: list[tuple[dict[str, Any], str | None]] = [(entry, None)]
         if options.skin_tones:
             for key, variation in sorted((entry.get("skin_variations") or {}).items()):
-                if variation.get("has_img_twitter"):
+                if variation.get(vendor.has_image):
                     tone = ", ".join(SKIN_TONES.get(code, code) for code in key.split("-"))
                     variants.append((variation, tone))
         for item, tone in variants:
             path = images / item["image"]
             if not path.is_file():
                 raise FileNotFoundError(f"{path} not found, though emoji.json says emoji {item['unified']} has one")
-            rows.append(
-                {
-                    "image": path,
-                    options.text_column: caption_of(entry, options, tone),
-                    "label": lookup[entry["category"]],
+            row = {"image": path}
+            if captions:
+                row[options.text_column] = caption_of(entry, options, tone)
+            row["label"] = lookup[entry["category"]]
+            if options.metadata:
+                row |= {
                     "category": entry["category"],
                     "subcategory": entry["subcategory"],
                     "unified": item["unified"],
                     "short_name": entry["short_name"],
                 }
-            )
+            rows.append(row)
     if options.limit:
         rows = rows[: options.limit]
-    columns = [options.text_column if c == "text" else c for c in COLUMNS]
+    kept = COLUMNS if options.metadata else ["image", "text", "label"]
+    columns = [options.text_column if c == "text" else c for c in kept if captions or c != "text"]
     return Source(rows, list(CATEGORIES), origin=str(folder / "emoji.json"), columns=columns)
