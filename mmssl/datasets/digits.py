@@ -1,4 +1,5 @@
-"""Digits in two modalities, for binding image and audio through text: ``sklearn_digits`` and ``spoken_digits``.
+"""Digits in two modalities, for binding image and audio through text: ``sklearn_digits`` and ``spoken_digits``;
+and ``spoken_commands``, ten command words synthesised the same way.
 
 ``sklearn_digits``: the 1797 8x8 handwritten digits bundled with scikit-learn (``load_digits``, no download),
 as uint8 images (0..255) with captions such as "a handwritten seven". ``spoken_digits``: the words "zero" ..
@@ -6,6 +7,10 @@ as uint8 images (0..255) with captions such as "a handwritten seven". ``spoken_d
 pitches, cached as WAV files under the mmssl cache folder; the test split uses voices held out of training, and
 may add the 10 recorded Asterisk prompts ``digits/0..9.wav`` (a real human voice). Both sources label a row with
 its digit (0..9) and share the class names, so a ``concat`` of them keeps the labels.
+
+``spoken_commands``: the ten keywords of Speech Commands (Warden 2018: "yes", "no", "up", "down", "left",
+"right", "on", "off", "stop", "go") synthesised by the same machinery (``load_spoken_words``) with the same voices,
+variants, speeds, pitches and held-out test voices; no shipped recipe uses it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from itertools import product
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -26,6 +31,8 @@ from pydantic import Field, model_validator
 from mmssl.data.sources import Source, SourceOptions, register_source
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+#: The ten keywords of Speech Commands v0.02 (Warden 2018, arXiv:1804.03209), in its order.
+COMMAND_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 CAPTION_TEMPLATES = [
     "the digit {}",
     "a handwritten {}",
@@ -84,9 +91,11 @@ def load_sklearn_digits(options: SklearnDigitsOptions, base: Path) -> Source:
     return Source(rows, list(DIGIT_WORDS), origin=origin, columns=["image", options.text_column, "label"])
 
 
-class SpokenDigitsOptions(SourceOptions):
+class SpokenWordsOptions(SourceOptions):
+    """Options shared by the espeak-ng word sources (``spoken_digits``, ``spoken_commands``)."""
+
     split: Literal["train", "test", "all"] = Field(
-        "train", description="train: `voices`; test: `test_voices` (held out) and the Asterisk digits; all: both."
+        "train", description="train: `voices`; test: `test_voices` (held out); all: both."
     )
     voices: list[str] = Field(
         default_factory=lambda: list(TRAIN_VOICES), min_length=1, description="espeak-ng voices of the train split."
@@ -104,15 +113,16 @@ class SpokenDigitsOptions(SourceOptions):
         default_factory=lambda: [130, 175], min_length=1, description="Speaking rates in words per minute (-s)."
     )
     pitches: list[int] = Field(default_factory=lambda: [30, 50, 70], min_length=1, description="Pitches 0..99 (-p).")
-    asterisk_digits: bool = Field(
-        False, description="Add the 10 recorded Asterisk prompts digits/0..9 (a human voice) to the test split."
-    )
-    asterisk_root: str = Field(ASTERISK_ROOT, description="Asterisk sound folder holding digits/0.wav .. 9.wav.")
-    cache: str | None = Field(None, description="Folder of the synthesised WAVs; default <mmssl cache>/spoken-digits.")
+    cache: str | None = Field(None, description="Folder of the synthesised WAVs; default <mmssl cache>/spoken-<words>.")
     workers: int = Field(2, ge=1, description="espeak-ng processes run at once when filling the cache.")
+    metadata: bool = Field(
+        True,
+        description="Also write the columns text (the word, i.e. the label) and voice; false keeps only audio and "
+        "label (what `mmssl init` should see, so it does not pair each clip with its own label).",
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> SpokenDigitsOptions:
+    def _check(self) -> SpokenWordsOptions:
         shared = sorted(set(self.voices) & set(self.test_voices))
         if shared:
             raise ValueError(f"voices {shared} are in both `voices` and `test_voices`; test voices must be held out")
@@ -121,6 +131,23 @@ class SpokenDigitsOptions(SourceOptions):
         if any(not 0 <= p <= 99 for p in self.pitches):
             raise ValueError(f"pitches must lie in 0..99, got {self.pitches}")
         return self
+
+
+class SpokenDigitsOptions(SpokenWordsOptions):
+    split: Literal["train", "test", "all"] = Field(
+        "train", description="train: `voices`; test: `test_voices` (held out) and the Asterisk digits; all: both."
+    )
+    cache: str | None = Field(None, description="Folder of the synthesised WAVs; default <mmssl cache>/spoken-digits.")
+    asterisk_digits: bool = Field(
+        False, description="Add the 10 recorded Asterisk prompts digits/0..9 (a human voice) to the test split."
+    )
+    asterisk_root: str = Field(ASTERISK_ROOT, description="Asterisk sound folder holding digits/0.wav .. 9.wav.")
+
+
+class SpokenCommandsOptions(SpokenWordsOptions):
+    cache: str | None = Field(
+        None, description="Folder of the synthesised WAVs; default <mmssl cache>/spoken-commands."
+    )
 
 
 def voice_name(voice: str, variant: str) -> str:
@@ -178,14 +205,11 @@ def fill_cache(clips: list[tuple[Path, str, int, int, str]], workers: int) -> No
         list(pool.map(lambda c: synthesise(*c), missing))
 
 
-@register_source("spoken_digits", SpokenDigitsOptions)
-def load_spoken_digits(options: SpokenDigitsOptions, base: Path) -> Source:
-    """Rows ``{"audio": wav Path, "text": word, "label": digit, "voice": espeak voice or "asterisk"}``.
-
-    Synthesised rows are ordered by (voice, variant, speed, pitch, digit); missing WAVs are synthesised into the
-    cache first (about 30 ms each). The Asterisk recordings, when asked for, come last in the test split.
-    """
-    root = Path(options.cache) if options.cache else mmssl_cache() / "spoken-digits"
+def load_spoken_words(words: list[str], options: SpokenWordsOptions, base: Path, name: str) -> Source:
+    """Rows ``{"audio": wav Path, "text": word, "label": index in words, "voice": espeak voice}`` (``text`` and
+    ``voice`` only with ``metadata``), ordered by (voice, variant, speed, pitch, word); missing WAVs are
+    synthesised into the cache (default ``<mmssl cache>/spoken-<name>``) first, about 30 ms each."""
+    root = Path(options.cache) if options.cache else mmssl_cache() / f"spoken-{name}"
     root = root if root.is_absolute() else base / root
     splits = {"train": ["train"], "test": ["test"], "all": ["train", "test"]}[options.split]
     combos = []
@@ -195,12 +219,34 @@ def load_spoken_digits(options: SpokenDigitsOptions, base: Path) -> Source:
         combos += list(product(voices, variants, options.speeds, options.pitches))
     clips, rows = [], []
     for voice, variant, speed, pitch in combos:
-        for digit, word in enumerate(DIGIT_WORDS):
+        for index, word in enumerate(words):
             path = clip_path(root, voice, variant, speed, pitch, word)
             clips.append((path, voice_name(voice, variant), speed, pitch, word))
-            rows.append({"audio": path, "text": word, "label": digit, "voice": voice_name(voice, variant)})
+            rows.append(_row(options, path, word, index, voice_name(voice, variant)))
     fill_cache(clips, options.workers)
-    if options.asterisk_digits and "test" in splits:
+    return Source(rows, list(words), origin=f"spoken_{name}({root}; split {options.split})", columns=_columns(options))
+
+
+def _row(options: SpokenWordsOptions, audio: Path, word: str, label: int, voice: str) -> dict[str, Any]:
+    if options.metadata:
+        return {"audio": audio, "text": word, "label": label, "voice": voice}
+    return {"audio": audio, "label": label}
+
+
+def _columns(options: SpokenWordsOptions) -> list[str]:
+    return ["audio", "text", "label", "voice"] if options.metadata else ["audio", "label"]
+
+
+@register_source("spoken_digits", SpokenDigitsOptions)
+def load_spoken_digits(options: SpokenDigitsOptions, base: Path) -> Source:
+    """Rows ``{"audio": wav Path, "text": word, "label": digit, "voice": espeak voice or "asterisk"}``.
+
+    Synthesised rows are ordered by (voice, variant, speed, pitch, digit); missing WAVs are synthesised into the
+    cache first (about 30 ms each). The Asterisk recordings, when asked for, come last in the test split.
+    """
+    source = load_spoken_words(DIGIT_WORDS, options, base, "digits")
+    rows = list(source.rows)
+    if options.asterisk_digits and options.split != "train":
         folder = Path(options.asterisk_root) / "digits"
         files = [folder / f"{d}.wav" for d in range(10)]
         if not all(f.is_file() for f in files):
@@ -208,10 +254,20 @@ def load_spoken_digits(options: SpokenDigitsOptions, base: Path) -> Source:
                 f"Asterisk digits {folder}/0..9.wav not found; install Debian's asterisk-core-sounds-en-wav, set "
                 "`asterisk_root`, or set `asterisk_digits: false`"
             )
-        rows += [{"audio": f, "text": DIGIT_WORDS[d], "label": d, "voice": "asterisk"} for d, f in enumerate(files)]
+        rows += [_row(options, f, DIGIT_WORDS[d], d, "asterisk") for d, f in enumerate(files)]
     if options.limit:
         rows = rows[: options.limit]
     if not rows:
         raise ValueError(f"spoken_digits split {options.split}: no voices given")
-    origin = f"spoken_digits({root}; split {options.split})"
-    return Source(rows, list(DIGIT_WORDS), origin=origin, columns=["audio", "text", "label", "voice"])
+    return Source(rows, source.class_names, origin=source.origin, columns=source.columns)
+
+
+@register_source("spoken_commands", SpokenCommandsOptions)
+def load_spoken_commands(options: SpokenCommandsOptions, base: Path) -> Source:
+    """Rows ``{"audio": wav Path, "text": word, "label": index in COMMAND_WORDS, "voice": espeak voice}``; the
+    class names are ``COMMAND_WORDS`` (yes, no, up, down, left, right, on, off, stop, go)."""
+    source = load_spoken_words(COMMAND_WORDS, options, base, "commands")
+    rows = source.rows[: options.limit] if options.limit else source.rows
+    if not rows:
+        raise ValueError(f"spoken_commands split {options.split}: no voices given")
+    return Source(rows, source.class_names, origin=source.origin, columns=source.columns)
