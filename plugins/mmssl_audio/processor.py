@@ -180,6 +180,27 @@ class AudioProcessor:
         """Inverse of ``normalize``. Shapes: any -> same."""
         return mel * self.std + self.mean
 
+    def raw_features(self, samples: Iterable[Tensor]) -> Tensor:
+        """The raw-input baseline: each mel bin's mean and standard deviation over the clip's frames.
+
+        The classic summary of a log-mel spectrogram (the plugin's own features, as ``prepare`` gives them, so
+        normalised; nothing fitted here): ``[mean of bin 0..n_mels-1 | std of bin 0..n_mels-1]``, the std with
+        divisor T (population). It does not depend on the clip's length or on where the sound lies in it, which
+        the flattened, zero-padded spectrogram does. With ``features: waveform`` the samples are waveforms and
+        their (unnormalised) log-mel is summarised.
+
+        Shapes:
+            samples: [n_mels, T_i] prepared spectrograms (or [S_i] waveforms), read once -> [N, 2 * n_mels] float32.
+        """
+        rows = []
+        for sample in samples:
+            mel = self.log_mel(self._check(sample)) if self.waveform else sample
+            if not isinstance(mel, Tensor) or mel.ndim != 2 or mel.shape[0] != self.options.n_mels or not mel.shape[1]:
+                raise ValueError(f"expected prepared spectrograms [{self.options.n_mels}, T], got {_describe(mel)}")
+            mel = mel.double()
+            rows.append(torch.cat([mel.mean(dim=1), mel.std(dim=1, correction=0)]).float())
+        return torch.stack(rows) if rows else torch.zeros(0, 2 * self.options.n_mels)
+
     def state(self) -> dict[str, Any]:
         """What ``save`` writes: the fitted statistics and the feature options they belong to."""
         return {"version": _STATE_VERSION, "mean": self.mean, "std": self.std} | {
