@@ -44,6 +44,8 @@ RECIPES: list[tuple[str, str]] = [
     # Data no shipped recipe uses, with the recipe `mmssl init` writes for it (untuned).
     ("init:ucr_uea name=OSULeaf", ""),
     ("init:ucr_uea name=ACSF1", ""),
+    ("init:spoken_commands metadata=false", ""),  # audio only: with metadata the word (the label) is a text column
+    ("init:noto_emoji caption=none metadata=false", ""),  # images only: the subcategory would name the category
 ]
 
 
