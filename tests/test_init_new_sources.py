@@ -17,7 +17,7 @@ from mmssl.data.sources import SOURCES, Source
 from mmssl.datasets.digits import COMMAND_WORDS
 from mmssl.datasets.npm import find_npm_package
 from mmssl.datasets.twemoji import CATEGORIES, GOOGLE, TWITTER
-from mmssl.init import init_source
+from mmssl.init import Column, Profile, init_source, recipe_text
 from mmssl_image.decode import decode_image
 
 needs_espeak = pytest.mark.skipif(
@@ -100,7 +100,17 @@ def test_init_spoken_commands_writes_an_audio_recipe_that_validates(tmp_path: Pa
     tree = yaml.safe_load(out.read_text())
     assert tree["data"]["test"]["split"] == "test" and tree["data"]["train"]["split"] == "train"
     assert [e["name"] for e in tree["evaluations"]] == ["knn", "linear_probe"]
-    assert tree["objectives"] and all(o["modality"] == "audio" for o in tree["objectives"])
+    assert [o["name"] for o in tree["objectives"]] == ["simclr", "mae"]  # docs/defaults.md#audio
+
+
+def test_init_gives_audio_half_the_epochs_of_the_other_modalities() -> None:
+    """3600 clips, batch 256: 25 epochs = 351 steps for audio (SimCLR + MAE), 50 epochs = 703 for images."""
+    steps = {}
+    for kind, sizes in (("audio", {"path": True}), ("image", {"side": 32, "channels": 1})):
+        profile = Profile(3600, [Column("x", kind, sizes), Column("label", "label")], ["a", "b"], {"train": 3600})
+        tree = yaml.safe_load(recipe_text("r", profile, {"train": "{source: manifest, path: x.csv}"}, "x.csv"))
+        steps[kind] = (tree["train"]["steps"], tree["train"]["batch_size"])
+    assert steps == {"audio": (351, 256), "image": (703, 256)}
 
 
 # ----------------------------------------------------------------------------------------------- noto emoji
