@@ -14,6 +14,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
+from mmssl.eval.embed import Features
 
 
 def linear_probe_accuracy(
@@ -53,8 +54,10 @@ class LinearProbeOptions(EvalOptions):
     test: str = Field("test", description="Labelled split the accuracy is measured on.")
     C: float = Field(1.0, gt=0, description="Inverse L2 regularisation strength of the logistic regression.")
     max_iter: int = Field(1000, ge=1, description="Iterations of the lbfgs solver.")
-    features: Literal["pooled", "projected"] = Field(
-        "pooled", description="The encoder's pooled output or the unit-norm shared-space embedding."
+    features: Features = Field(
+        "pooled",
+        description="pooled (the encoder's pooled output), projected (shared space) or tokens (all tokens of a "
+        "row concatenated: an image encoder's feature map, which keeps where things are).",
     )
     widths: list[int] = Field(
         default_factory=list,
