@@ -336,3 +336,16 @@ def test_zero_shot_needs_class_names() -> None:
         run_zero_shot(options, zero_shot_context(ROWS, None))
     named = options.model_copy(update={"class_names": NAMES})
     assert run_zero_shot(named, zero_shot_context(ROWS, None))["zero_shot_top1"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("name", ["knn", "linear_probe"])
+def test_matryoshka_widths_of_tokens_are_refused(name: str) -> None:
+    from pydantic import ValidationError
+
+    from mmssl.eval.knn import KNNOptions
+    from mmssl.eval.linear_probe import LinearProbeOptions
+
+    options = {"knn": KNNOptions, "linear_probe": LinearProbeOptions}[name]
+    assert options(name=name, modality="image", features="pooled", widths=[8]).widths == [8]
+    with pytest.raises(ValidationError, match=r"widths \[8\] slice the pooled or projected embedding"):
+        options(name=name, modality="image", features="tokens", widths=[8])

@@ -19,6 +19,12 @@ FEATURES = ("pooled", "projected", "tokens")
 Features = Literal["pooled", "projected", "tokens"]
 
 
+def check_widths(features: str, widths: list[int]) -> None:
+    """Matryoshka ``widths`` take the first w values of one embedding vector, which a token grid is not."""
+    if widths and features == "tokens":
+        raise ValueError(f"widths {widths} slice the pooled or projected embedding; they do not apply to tokens")
+
+
 @torch.no_grad()
 def embed_values(
     model: JointEmbeddingModel,

@@ -7,11 +7,11 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
-from mmssl.eval.embed import Features
+from mmssl.eval.embed import Features, check_widths
 
 
 def knn_predict(bank: Tensor, bank_labels: Tensor, query: Tensor, k: int = 20, temperature: float = 0.07) -> Tensor:
@@ -58,6 +58,11 @@ class KNNOptions(EvalOptions):
         default_factory=lambda: ["random_init", "raw"],
         description="Also score a random-init model of the same architecture and/or the raw prepared input.",
     )
+
+    @model_validator(mode="after")
+    def _widths_of_vectors(self) -> KNNOptions:
+        check_widths(self.features, self.widths)
+        return self
 
 
 @register_evaluator(

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
-from mmssl.eval.embed import Features
+from mmssl.eval.embed import Features, check_widths
 
 
 def linear_probe_accuracy(
@@ -67,6 +67,11 @@ class LinearProbeOptions(EvalOptions):
         default_factory=lambda: ["random_init", "raw"],
         description="Also probe a random-init model of the same architecture and/or the raw prepared input.",
     )
+
+    @model_validator(mode="after")
+    def _widths_of_vectors(self) -> LinearProbeOptions:
+        check_widths(self.features, self.widths)
+        return self
 
 
 @register_evaluator(
