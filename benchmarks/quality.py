@@ -60,17 +60,30 @@ def init_recipe(spec: str, folder: Path) -> Path:
     return out
 
 
+def readout(evaluation: dict) -> str:
+    """The features an evaluation scores (pooled unless the recipe says otherwise)."""
+    return evaluation.get("features", "pooled")
+
+
 def with_both_evaluations(tree: dict) -> dict:
-    """Add a knn and a linear_probe evaluation for every modality and split pair that has only one of them."""
+    """Add a knn and a linear_probe evaluation for every modality, read-out and split pair that has only one of
+    them (same read-out; a ``knn_X`` prefix pairs with ``linear_probe_X``)."""
     evaluations = list(tree.get("evaluations") or [])
-    have = {(e["name"], e.get("modality")) for e in evaluations}
+    have = {(e["name"], e.get("modality"), readout(e)) for e in evaluations}
+    partner = {"knn": ("linear_probe", "train", "test"), "linear_probe": ("knn", "bank", "query")}
     for e in list(evaluations):
-        if e["name"] == "knn" and ("linear_probe", e["modality"]) not in have:
-            evaluations.append({"name": "linear_probe", "modality": e["modality"], "train": e.get("bank", "train"),
-                                "test": e.get("query", "test")})
-        if e["name"] == "linear_probe" and ("knn", e["modality"]) not in have:
-            evaluations.append({"name": "knn", "modality": e["modality"], "bank": e.get("train", "train"),
-                                "query": e.get("test", "test")})
+        if e["name"] not in partner:
+            continue
+        name, first, second = partner[e["name"]]
+        if (name, e["modality"], readout(e)) in have:
+            continue
+        new = {"name": name, "modality": e["modality"], first: e.get("bank", e.get("train", "train")),
+               second: e.get("query", e.get("test", "test"))}
+        if "features" in e:
+            new["features"] = e["features"]
+        if e.get("prefix"):
+            new["prefix"] = name + e["prefix"].removeprefix(e["name"])
+        evaluations.append(new)
     tree["evaluations"] = evaluations
     return tree
 
@@ -99,7 +112,10 @@ def rows_of(name: str, results: dict[str, float], wall: float, tree: dict, publi
         if e["name"] != "knn":
             continue
         prefix_knn = e.get("prefix") or "knn"
-        probes = [p for p in tree["evaluations"] if p["name"] == "linear_probe" and p["modality"] == e["modality"]]
+        probes = [
+            p for p in tree["evaluations"]
+            if p["name"] == "linear_probe" and p["modality"] == e["modality"] and readout(p) == readout(e)
+        ]
         probe = probes[0] if probes else None
         prefix_probe = (probe or {}).get("prefix") or "linear_probe"
 
@@ -108,7 +124,7 @@ def rows_of(name: str, results: dict[str, float], wall: float, tree: dict, publi
             return "" if value is None else f"{value:.3f}"
 
         cells = [
-            name, e["modality"], budget, f"{wall / 60:.1f} min",
+            name, e["modality"], readout(e), budget, f"{wall / 60:.1f} min",
             get(f"{prefix_knn}_top1"), get(f"{prefix_knn}_top1_random_init") or get(f"{prefix_knn}_top1_released"),
             get(f"{prefix_knn}_top1_raw"),
             get(f"{prefix_probe}_top1"),
@@ -138,15 +154,15 @@ def main() -> None:
         try:
             results, wall, tree = run_recipe(path, args.runs / name, args.override)
         except subprocess.CalledProcessError as err:  # one failing recipe must not lose the others' numbers
-            lines.append(f"| {name} | failed (exit {err.returncode}, see {args.runs / name}) |" + " |" * 10)
+            lines.append(f"| {name} | failed (exit {err.returncode}, see {args.runs / name}) |" + " |" * 11)
             continue
         lines += rows_of(name, results, wall, tree, published)
         print(lines[-1], flush=True)
     total = time.time() - start
     header = [
-        "| recipe | modality | steps x batch | wall | kNN | kNN random init | kNN raw | probe | probe random init "
-        "| probe raw | chance | published (comparable) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| recipe | modality | read-out | steps x batch | wall | kNN | kNN random init | kNN raw | probe "
+        "| probe random init | probe raw | chance | published (comparable) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     table = "\n".join(header + lines)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

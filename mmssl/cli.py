@@ -277,8 +277,9 @@ def embed(
     features: Annotated[
         str,
         typer.Option(
-            help="pooled: the encoder's pooled output (what the knn and linear_probe evaluations score); "
-            "projected: the unit-norm shared-space embedding (for cross-modal retrieval)."
+            help="pooled: the encoder's pooled output (what the knn and linear_probe evaluations score by "
+            "default); projected: the unit-norm shared-space embedding (for cross-modal retrieval); tokens: all "
+            "tokens of a row concatenated (an image encoder's feature map)."
         ),
     ] = "pooled",
     batch_size: int = 256,
@@ -290,14 +291,14 @@ def embed(
 
     from mmssl.build import load_source
     from mmssl.data.dataset import is_missing
-    from mmssl.eval.embed import embed_values
+    from mmssl.eval.embed import FEATURES, embed_values
     from mmssl.plugins import PluginError
     from mmssl.recipe import RecipeError
     from mmssl.run import load_run
     from mmssl.train.checkpoint import save_tensors_atomic
 
-    if features not in ("pooled", "projected"):
-        _fail(f"--features {features!r}: expected pooled or projected")
+    if features not in FEATURES:
+        _fail(f"--features {features!r}: expected one of {', '.join(FEATURES)}")
     try:
         run = load_run(run_dir, trust_plugins=trust_plugins)
     except (FileNotFoundError, RecipeError, PluginError) as err:

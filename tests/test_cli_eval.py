@@ -140,6 +140,46 @@ def test_embed_command(trained: tuple[Path, str], tmp_path: Path, features: str,
     assert f"wrote ({TEST_ROWS}, {width}) {features} embeddings of test/image" in result.output
 
 
+def test_tokens_are_each_rows_token_grid(trained: tuple[Path, str], tmp_path: Path) -> None:
+    """``--features tokens``: row i is encoder tokens of image i alone, [T, D] flattened in token order."""
+    run, _ = trained
+    out = tmp_path / "tokens.safetensors"
+    args = ["embed", str(run), "--modality", "image", "--split", "test", "-o", str(out), "--features", "tokens"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = load_file(str(out))["embeddings"]
+    loaded = load_run(run)
+    processor, model = loaded.processors["image"], loaded.model.eval()
+    rows = load_source(loaded.plan, "test").rows
+    with torch.no_grad():
+        for i in (0, 17, TEST_ROWS - 1):  # one row at a time: nothing depends on the batch
+            tokens = model.encode("image", processor.collate([processor.prepare(processor.decode(rows[i]["image"]))]))
+            assert tokens.tokens.shape[1] > 1
+            assert torch.allclose(saved[i], tokens.tokens[0].reshape(-1), **F32)
+    assert saved.shape == (TEST_ROWS, tokens.tokens.shape[1] * tokens.tokens.shape[2])
+
+
+def test_knn_on_tokens_scores_the_token_grid(trained: tuple[Path, str]) -> None:
+    run, _ = trained
+    result = CliRunner().invoke(app, ["eval", str(run), "evaluations.0.features=tokens"])
+    assert result.exit_code == 0, result.output
+    loaded = load_run(run)
+    values = {s: [r["image"] for r in load_source(loaded.plan, s).rows] for s in ("train", "test")}
+    labels = {s: torch.tensor([r["label"] for r in load_source(loaded.plan, s).rows]) for s in ("train", "test")}
+    grid = {s: embed_values(loaded.model, "image", loaded.processors["image"], v, "tokens") for s, v in values.items()}
+    expected = (knn_predict(grid["train"], labels["train"], grid["test"], k=5) == labels["test"]).float().mean()
+    assert read_eval(run)["knn_top1"] == pytest.approx(float(expected), abs=0.5 / TEST_ROWS)
+
+
+def test_tokens_of_padded_text_are_refused(trained: tuple[Path, str], tmp_path: Path) -> None:
+    run, _ = trained
+    out = tmp_path / "text_tokens.safetensors"
+    result = CliRunner().invoke(app, ["embed", str(run), "--modality", "text", "-o", str(out), "--features", "tokens"])
+    assert result.exit_code != 0
+    assert "features: tokens needs rows of one token count" in result.output, result.output
+    assert not out.exists()
+
+
 def test_embed_text_of_the_train_split(trained: tuple[Path, str], tmp_path: Path) -> None:
     run, _ = trained
     out = tmp_path / "text.safetensors"
@@ -296,3 +336,16 @@ def test_zero_shot_needs_class_names() -> None:
         run_zero_shot(options, zero_shot_context(ROWS, None))
     named = options.model_copy(update={"class_names": NAMES})
     assert run_zero_shot(named, zero_shot_context(ROWS, None))["zero_shot_top1"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("name", ["knn", "linear_probe"])
+def test_matryoshka_widths_of_tokens_are_refused(name: str) -> None:
+    from pydantic import ValidationError
+
+    from mmssl.eval.knn import KNNOptions
+    from mmssl.eval.linear_probe import LinearProbeOptions
+
+    options = {"knn": KNNOptions, "linear_probe": LinearProbeOptions}[name]
+    assert options(name=name, modality="image", features="pooled", widths=[8]).widths == [8]
+    with pytest.raises(ValidationError, match=r"widths \[8\] slice the pooled or projected embedding"):
+        options(name=name, modality="image", features="tokens", widths=[8])

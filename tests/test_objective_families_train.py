@@ -21,7 +21,7 @@ from mmssl.train.trainer import train
 
 IMAGE = {
     "image_size": 28, "patch_size": 7, "channels": 1, "width": 32, "depth": 1, "heads": 2, "stats_samples": 128,
-    "encoder": "vit",  # the families were tuned with the ViT, and data2vec reads its blocks
+    "encoder": "vit",  # the smallest encoder with blocks for data2vec to read (the family recipes use the ResNet)
 }
 TEXT = {"vocab_size": 64, "max_length": 12, "width": 32, "depth": 2, "heads": 2, "dropout": 0.1}
 

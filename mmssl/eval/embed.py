@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -11,8 +11,18 @@ from torch import Tensor
 
 from mmssl.data.dataset import is_missing
 from mmssl.data.sources import Source
-from mmssl.modality import Processor, SupportsRawFeatures
+from mmssl.modality import EncoderOutput, Processor, SupportsRawFeatures
 from mmssl.model import JointEmbeddingModel
+
+#: What an evaluation can embed: the pooled output, the shared-space projection, or all tokens of a row.
+FEATURES = ("pooled", "projected", "tokens")
+Features = Literal["pooled", "projected", "tokens"]
+
+
+def check_widths(features: str, widths: list[int]) -> None:
+    """Matryoshka ``widths`` take the first w values of one embedding vector, which a token grid is not."""
+    if widths and features == "tokens":
+        raise ValueError(f"widths {widths} slice the pooled or projected embedding; they do not apply to tokens")
 
 
 @torch.no_grad()
@@ -28,23 +38,47 @@ def embed_values(
     """Embed raw values of one modality.
 
     Args:
-        features: ``pooled`` (the encoder's pooled output) or ``projected`` (unit-norm shared-space embedding).
+        features: ``pooled`` (the encoder's pooled output), ``projected`` (unit-norm shared-space embedding) or
+            ``tokens`` (every token of the row, concatenated in order: the feature map of an image encoder,
+            which keeps where things are; needs the same number of tokens in every row and no padding).
 
     Shapes:
-        -> [N, D] (pooled) or [N, E] (projected), float32 on the CPU.
+        -> [N, D] (pooled), [N, E] (projected) or [N, T * D] (tokens), float32 on the CPU.
+
+    Raises:
+        ValueError: Unknown ``features``, or ``tokens`` of rows with padding or differing token counts.
     """
-    if features not in ("pooled", "projected"):
-        raise ValueError(f"features must be 'pooled' or 'projected', got {features!r}")
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
     was_training = model.training
     model.eval()
     out = []
     for lo in range(0, len(values), batch_size):
         batch = processor.collate([processor.prepare(processor.decode(v)) for v in values[lo : lo + batch_size]])
         encoded = model.encode(modality, batch.to(device))
-        emb = encoded.pooled if features == "pooled" else model.project(modality, encoded.pooled)
+        if features == "tokens":
+            emb = _token_grid(encoded, modality, out[0].shape[1] if out else None)
+        else:
+            emb = encoded.pooled if features == "pooled" else model.project(modality, encoded.pooled)
         out.append(emb.float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, model.embed_dim)
+
+
+def _token_grid(encoded: EncoderOutput, modality: str, width: int | None) -> Tensor:
+    """Tokens [B, T, D] -> [B, T * D], refusing padded rows and a token count that changes between batches."""
+    if encoded.padding_mask is not None and bool(encoded.padding_mask.any()):
+        raise ValueError(
+            f"features: tokens needs rows of one token count, but {modality} rows are padded to different "
+            "lengths: use features: pooled"
+        )
+    grid = encoded.tokens.flatten(1)
+    if width is not None and grid.shape[1] != width:
+        raise ValueError(
+            f"features: tokens needs rows of one token count, but {modality} batches give {width} and "
+            f"{grid.shape[1]} values: use features: pooled"
+        )
+    return grid
 
 
 def _float_tensor(data: Any) -> Tensor | None:

@@ -7,10 +7,11 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
+from mmssl.eval.embed import Features, check_widths
 
 
 def knn_predict(bank: Tensor, bank_labels: Tensor, query: Tensor, k: int = 20, temperature: float = 0.07) -> Tensor:
@@ -44,7 +45,11 @@ class KNNOptions(EvalOptions):
     query: str = Field("test", description="Labelled split to classify.")
     k: int = Field(20, ge=1)
     temperature: float = Field(0.07, gt=0)
-    features: Literal["pooled", "projected"] = "pooled"
+    features: Features = Field(
+        "pooled",
+        description="pooled (the encoder's pooled output), projected (shared space) or tokens (all tokens of a "
+        "row concatenated: an image encoder's feature map, which keeps where things are).",
+    )
     widths: list[int] = Field(
         default_factory=list,
         description="Also score the first w features for each w (Matryoshka widths): writes knn_top1@w.",
@@ -53,6 +58,11 @@ class KNNOptions(EvalOptions):
         default_factory=lambda: ["random_init", "raw"],
         description="Also score a random-init model of the same architecture and/or the raw prepared input.",
     )
+
+    @model_validator(mode="after")
+    def _widths_of_vectors(self) -> KNNOptions:
+        check_widths(self.features, self.widths)
+        return self
 
 
 @register_evaluator(

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
+from mmssl.eval.embed import Features, check_widths
 
 
 def linear_probe_accuracy(
@@ -53,8 +54,10 @@ class LinearProbeOptions(EvalOptions):
     test: str = Field("test", description="Labelled split the accuracy is measured on.")
     C: float = Field(1.0, gt=0, description="Inverse L2 regularisation strength of the logistic regression.")
     max_iter: int = Field(1000, ge=1, description="Iterations of the lbfgs solver.")
-    features: Literal["pooled", "projected"] = Field(
-        "pooled", description="The encoder's pooled output or the unit-norm shared-space embedding."
+    features: Features = Field(
+        "pooled",
+        description="pooled (the encoder's pooled output), projected (shared space) or tokens (all tokens of a "
+        "row concatenated: an image encoder's feature map, which keeps where things are).",
     )
     widths: list[int] = Field(
         default_factory=list,
@@ -64,6 +67,11 @@ class LinearProbeOptions(EvalOptions):
         default_factory=lambda: ["random_init", "raw"],
         description="Also probe a random-init model of the same architecture and/or the raw prepared input.",
     )
+
+    @model_validator(mode="after")
+    def _widths_of_vectors(self) -> LinearProbeOptions:
+        check_widths(self.features, self.widths)
+        return self
 
 
 @register_evaluator(
