@@ -22,6 +22,9 @@ import numpy as np
 
 from mmssl.data import sources
 
+#: Largest image side for which the image plugin's ``encoder: auto`` picks its ResNet (mmssl_image.options).
+RESNET_MAX_SIZE = 64
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
 SERIES_SUFFIXES = {".csv", ".parquet"}
@@ -202,11 +205,17 @@ def profile_rows(rows: list[dict[str, Any]], base: Path, class_names: list[str] 
 # ------------------------------------------------------------------------------------------------ recipe text
 
 
-def _image_block(column: Column) -> list[str]:
-    side, channels = column.sizes["side"], column.sizes["channels"]
+def _image_size(column: Column) -> tuple[int, int]:
+    """(image_size, patch_size) for an image column: the median side capped at 224, a patch that divides it."""
+    side = column.sizes["side"]
     size = min(side, 224) if side >= 16 else 16
     patch = 4 if size <= 32 else (8 if size <= 64 else 16)
-    size -= size % patch
+    return size - size % patch, patch
+
+
+def _image_block(column: Column) -> list[str]:
+    side, channels = column.sizes["side"], column.sizes["channels"]
+    size, patch = _image_size(column)
     return [
         f"    column: {column.name}",
         "    options:",
@@ -341,12 +350,24 @@ def recipe_text(name: str, profile: Profile, data: dict[str, str], origin: str) 
     if profile.class_names and "test" in data:
         lines += ["", "evaluations:  # k-NN (similarity-weighted) and a linear probe, beside random init and raw input"]
         k = 5 if train_rows < 1000 else 20
+        column_of = dict(zip(modality_names, inputs, strict=True))
         for modality in modality_names:
             several = len(modality_names) > 1  # distinct metric names per modality
             knn = f", prefix: knn_{modality}" if several else ""
             probe = f", prefix: probe_{modality}" if several else ""
             lines.append(f"  - {{name: knn, modality: {modality}, bank: train, query: test, k: {k}{knn}}}")
             lines.append(f"  - {{name: linear_probe, modality: {modality}, train: train, test: test{probe}}}")
+            if column_of[modality].kind == "image" and _image_size(column_of[modality])[0] <= RESNET_MAX_SIZE:
+                # The ResNet's pooled mean loses where things are; its feature map keeps it (docs/defaults.md).
+                tokens = f"{modality}_tokens" if several else "tokens"
+                lines.append(
+                    f"  - {{name: knn, modality: {modality}, bank: train, query: test, k: {k}, features: tokens, "
+                    f"prefix: knn_{tokens}}}"
+                )
+                lines.append(
+                    f"  - {{name: linear_probe, modality: {modality}, train: train, test: test, features: tokens, "
+                    f"prefix: probe_{tokens}}}"
+                )
     elif profile.class_names:
         lines += ["", "# evaluations: add a `test` split to data: to score k-NN and a linear probe on held-out rows"]
     return "\n".join(lines) + "\n"

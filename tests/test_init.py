@@ -87,7 +87,8 @@ def test_init_manifest_of_each_modality_validates(case: str, tmp_path: Path) -> 
     has_split = case != "text"
     assert set(tree["data"]) == ({"train", "test"} if has_split else {"train"})
     names = [e["name"] for e in tree.get("evaluations", [])]
-    assert names == (["knn", "linear_probe"] if has_split else [])
+    twice = 2 if modality == "image" else 1  # small images: pooled and feature-map read-outs
+    assert names == (["knn", "linear_probe"] * twice if has_split else [])
     assert "# " in out.read_text()  # every choice is commented
 
 
@@ -113,7 +114,9 @@ def test_init_paired_modalities_get_clip_and_distinct_metric_names(tmp_path: Pat
     assert set(tree["modalities"]) == {"image", "text"}
     assert {"name": "clip", "modalities": ["image", "text"], "weight": 1.0} in tree["objectives"]
     prefixes = [e["prefix"] for e in tree["evaluations"]]
-    assert len(set(prefixes)) == 4
+    assert sorted(prefixes) == sorted(
+        ["knn_image", "probe_image", "knn_image_tokens", "probe_image_tokens", "knn_text", "probe_text"]
+    )
 
 
 def test_init_folder_of_classes(tmp_path: Path) -> None:
@@ -141,3 +144,26 @@ def test_init_cli_refuses_to_overwrite_and_names_bad_input(tmp_path: Path) -> No
     empty.write_text("")
     result = runner.invoke(app, ["init", str(empty), "--output", str(tmp_path / "n.yaml")])
     assert result.exit_code == 2 and "no rows" in result.output
+
+
+def test_init_reads_small_images_two_ways(tmp_path: Path) -> None:
+    """Images the ResNet encodes get a kNN and a probe on its feature map (tokens) beside the pooled ones."""
+    from mmssl.init import RESNET_MAX_SIZE as INIT_RESNET_MAX_SIZE
+    from mmssl_image.options import RESNET_MAX_SIZE
+
+    assert INIT_RESNET_MAX_SIZE == RESNET_MAX_SIZE  # init decides as the plugin's `encoder: auto` does
+    out = init_manifest(image_manifest(tmp_path), tmp_path / "small.yaml")
+    compile_recipe(out, weights=False)
+    evaluations = yaml.safe_load(out.read_text())["evaluations"]
+    read_outs = {(e["name"], e.get("features", "pooled")) for e in evaluations}
+    assert read_outs == {("knn", "pooled"), ("linear_probe", "pooled"), ("knn", "tokens"), ("linear_probe", "tokens")}
+    for side, expected in ((64, 4), (100, 2)):  # 100 px: image_size 96, above RESNET_MAX_SIZE: the ViT, pooled
+        rows = [{"image": str(_png(tmp_path / f"big{side}_{i}.png", side)), "label": i % 2,
+                 "split": "test" if i < 4 else "train"} for i in range(12)]
+        out = init_manifest(write_rows(tmp_path / f"big{side}.jsonl", rows), tmp_path / f"big{side}.yaml")
+        assert len(yaml.safe_load(out.read_text())["evaluations"]) == expected
+
+
+def _png(path: Path, side: int) -> Path:
+    Image.fromarray(np.full((side, side), 90, dtype=np.uint8)).save(path)
+    return path

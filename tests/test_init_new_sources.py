@@ -157,5 +157,8 @@ def test_init_noto_emoji_writes_an_image_recipe_that_validates(tmp_path: Path) -
     assert list(plan.recipe.modalities) == ["image"]
     tree = yaml.safe_load(out.read_text())
     assert tree["modalities"]["image"]["options"]["channels"] == 3
-    assert [e["name"] for e in tree["evaluations"]] == ["knn", "linear_probe"]
+    # 64 px: the ResNet, read pooled and as its feature map
+    assert [(e["name"], e.get("features", "pooled")) for e in tree["evaluations"]] == [
+        ("knn", "pooled"), ("linear_probe", "pooled"), ("knn", "tokens"), ("linear_probe", "tokens")
+    ]
     assert "10 classes" in out.read_text()
