@@ -52,7 +52,7 @@ def embed_values(
         raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
     was_training = model.training
     model.eval()
-    out = []
+    out: list[Tensor] = []
     for lo in range(0, len(values), batch_size):
         batch = processor.collate([processor.prepare(processor.decode(v)) for v in values[lo : lo + batch_size]])
         encoded = model.encode(modality, batch.to(device))
