@@ -105,6 +105,8 @@ def classify(name: str, values: list[Any], base: Path) -> Column | None:
             distinct = len(set(strings))
             if max(words) <= 3 and distinct <= max(2, len(strings) // 5):
                 return Column(name, "label")  # a few short names repeated: a class column
+            if max(words) <= 1:
+                return None  # one word in every row, too many to be classes: an identifier (file number, hash)
             return Column(name, "text", {"max_words": int(np.percentile(words, 95))})
         return None
     if all(isinstance(v, list | tuple | np.ndarray) for v in values):

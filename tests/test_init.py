@@ -141,3 +141,14 @@ def test_init_cli_refuses_to_overwrite_and_names_bad_input(tmp_path: Path) -> No
     empty.write_text("")
     result = runner.invoke(app, ["init", str(empty), "--output", str(tmp_path / "n.yaml")])
     assert result.exit_code == 2 and "no rows" in result.output
+
+
+def test_init_skips_identifier_columns(tmp_path: Path) -> None:
+    """A column of single words, too many to be classes (message numbers, hashes), is not a text modality."""
+    rows = [
+        {"id": f"{i % 9:05d}", "hash": f"{i * 7919:x}", "text": f"a short message about topic {i % 3}", "label": i % 2}
+        for i in range(12)
+    ]
+    out = init_manifest(write_rows(tmp_path / "ids.jsonl", rows), tmp_path / "ids.yaml")
+    compile_recipe(out, weights=False)
+    assert list(yaml.safe_load(out.read_text())["modalities"]) == ["text"]
