@@ -47,4 +47,5 @@ def test_init_freesolv_writes_a_graph_recipe_that_validates(tmp_path: Path) -> N
     assert list(plan.recipe.modalities) == ["graph"]  # the CSV's IUPAC names are not read
     tree = yaml.safe_load(out.read_text())
     assert tree["modalities"]["graph"]["column"] == "smiles"
+    assert (tree["train"]["steps"], tree["train"]["batch_size"]) == (403, 128)  # 100 epochs of 516 molecules
     assert [e["name"] for e in tree["evaluations"]] == ["knn", "linear_probe"]
