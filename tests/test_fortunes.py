@@ -53,4 +53,8 @@ def test_init_fortunes_writes_a_recipe_that_validates(tmp_path: Path) -> None:
     assert list(plan.recipe.modalities) == ["text"]
     tree = yaml.safe_load(out.read_text())
     assert tree["data"]["test"] == {"source": "fortunes", "split": "test"}
+    assert tree["modalities"]["text"]["options"]["max_length"] == 128  # 95th percentile 102 words, capped
+    assert tree["modalities"]["text"]["options"]["pool"] == "mean"
+    assert [o["name"] for o in tree["objectives"]] == ["simclr"]
+    assert (tree["train"]["steps"], tree["train"]["batch_size"]) == (300, 64)  # the text budget: about 6 min
     assert [e["name"] for e in tree["evaluations"]] == ["knn", "linear_probe"]
