@@ -447,7 +447,8 @@ def recipe_text(
     lines += ["", "objectives:"]
     for column, modality in zip(inputs, modality_names, strict=True):
         if modality in released:
-            hidden = f", hidden_dim: {2 * widths[modality]}" if widths.get(modality) else ""
+            known = widths.get(modality)
+            hidden = f", hidden_dim: {2 * known}" if known else ""
             lines.append(
                 f"  - {{name: simclr, modality: {modality}, temperature: 0.05, proj_dim: 256{hidden}, weight: 1.0}}"
             )
