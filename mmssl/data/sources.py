@@ -6,6 +6,7 @@ A source is registered by name with a pydantic options model; recipes name it as
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,12 @@ class SourceType:
 SOURCES: Registry[SourceType] = Registry(
     "data source", group="mmssl.sources", builtins=("mmssl.datasets", "mmssl.data.streaming")
 )
+
+
+def hash_share(name: str) -> float:
+    """A deterministic number in [0, 1) from a name (SHA-1 of its UTF-8 bytes): a hash split puts the rows whose
+    share is below the test fraction in the test split, independent of file order and of ``limit``."""
+    return int.from_bytes(hashlib.sha1(name.encode("utf-8")).digest()[:8], "big") / 2.0**64
 
 
 def register_source(

@@ -15,7 +15,6 @@ variants, speeds, pitches and held-out test voices; no shipped recipe uses it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -28,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from mmssl.data.sources import Source, SourceOptions, register_source
+from mmssl.data.sources import Source, SourceOptions, hash_share, register_source
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 #: The ten keywords of Speech Commands v0.02 (Warden 2018, arXiv:1804.03209), in its order.
@@ -50,11 +49,6 @@ ASTERISK_ROOT = "/usr/share/asterisk/sounds/en"
 def mmssl_cache() -> Path:
     """The mmssl cache folder: ``$MMSSL_CACHE`` or ``~/.cache/mmssl``."""
     return Path(os.environ.get("MMSSL_CACHE", Path.home() / ".cache" / "mmssl"))
-
-
-def hash_share(name: str) -> float:
-    """A deterministic number in [0, 1) from a name (SHA-1); rows below the test fraction are test rows."""
-    return int.from_bytes(hashlib.sha1(name.encode("utf-8")).digest()[:8], "big") / 2.0**64
 
 
 class SklearnDigitsOptions(SourceOptions):

@@ -11,14 +11,13 @@ a category never lands in both splits and the split does not depend on file orde
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from mmssl.data.sources import Source, SourceOptions, register_source
+from mmssl.data.sources import Source, SourceOptions, hash_share, register_source
 
 #: Where Debian's ``fortunes`` package puts the category files.
 ROOT = "/usr/share/games/fortunes"
@@ -52,10 +51,6 @@ def category_files(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_file() and not p.is_symlink() and not p.suffix)
 
 
-def _share(text: str) -> float:
-    return int.from_bytes(hashlib.sha1(f"fortunes/{text}".encode()).digest()[:8], "big") / 2**64
-
-
 @register_source("fortunes", FortunesOptions)
 def load_fortunes(options: FortunesOptions, base_dir: Path) -> Source:
     """Rows ``{"text", "label", "category"}`` of the chosen split, in hash order; class names are the category file
@@ -78,7 +73,7 @@ def load_fortunes(options: FortunesOptions, base_dir: Path) -> Source:
     found = []
     for label, name in enumerate(names):
         for text in texts[name]:
-            share = _share(text)
+            share = hash_share(f"fortunes/{text}")
             if options.split == "all" or (share < options.test_fraction) == (options.split == "test"):
                 found.append((share, text, label, name))
     found.sort(key=lambda item: item[:3])

@@ -32,8 +32,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from mmssl.data.sources import Source, SourceOptions, register_source
-from mmssl.datasets.digits import hash_share
+from mmssl.data.sources import Source, SourceOptions, hash_share, register_source
 from mmssl.datasets.npm import find_npm_package
 
 

@@ -14,14 +14,13 @@ else is installed.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from mmssl.data.sources import Source, SourceOptions, register_source
+from mmssl.data.sources import Source, SourceOptions, hash_share, register_source
 
 SOUNDS_ROOT = "/usr/share/asterisk/sounds/en"
 TRANSCRIPTS = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
@@ -71,11 +70,6 @@ def read_transcripts(files: list[str | Path]) -> dict[str, str]:
                     raise ValueError(f"{file}:{line_no}: expected `name: text`, got {line[:60]!r}")
                 out[name.strip()] = text.strip()
     return out
-
-
-def hash_share(name: str) -> float:
-    """A deterministic number in [0, 1) from the prompt's name (SHA-1); the prompt is in test below the fraction."""
-    return int.from_bytes(hashlib.sha1(name.encode("utf-8")).digest()[:8], "big") / 2.0**64
 
 
 def find_prompts(roots: list[str | Path]) -> dict[str, Path]:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from mmssl.data.sources import SOURCES, Source, SourceOptions, register_source
+from mmssl.data.sources import SOURCES, Source, SourceOptions, hash_share, register_source
 
 
 def rdkit_data_dir() -> Path:
@@ -201,7 +201,6 @@ def load_freesolv(options: FreeSolvOptions, base: Path) -> Source:
     does not depend on the file order, and one molecule never lands in both splits.
     """
     import csv
-    import hashlib
 
     import numpy as np
 
@@ -217,7 +216,7 @@ def load_freesolv(options: FreeSolvOptions, base: Path) -> Source:
     cuts = np.quantile(values, [1 / 3, 2 / 3])
     rows = []
     for (smiles, _), value in zip(records, values, strict=True):
-        share = int.from_bytes(hashlib.sha1(f"freesolv/{smiles}".encode()).digest()[:8], "big") / 2**64
+        share = hash_share(f"freesolv/{smiles}")
         if options.split != "all" and (share < options.test_fraction) != (options.split == "test"):
             continue
         rows.append(
