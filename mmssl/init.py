@@ -266,13 +266,17 @@ def _series_block(column: Column) -> list[str]:
     ]
 
 
+def _text_length(column: Column) -> int:
+    """Tokens per text: about twice the 95th percentile of words, 16 to 128 (a CPU's budget)."""
+    return int(min(128, max(16, 2 * column.sizes.get("max_words", 32))))
+
+
 def _text_block(column: Column, rows: int) -> list[str]:
-    words = column.sizes.get("max_words", 32)
     return [
         f"    column: {column.name}",
         "    options:",
         f"      vocab_size: {int(min(8000, max(400, rows // 2)))}    # a tokenizer trained on the training texts",
-        f"      max_length: {int(min(128, max(16, 2 * words)))}      # about twice the 95th percentile of words, "
+        f"      max_length: {_text_length(column)}      # about twice the 95th percentile of words, "
         "at most 128 (a CPU's budget)",
         "      width: 128",
         "      depth: 2",
@@ -324,7 +328,6 @@ def encoder_width(spec: str) -> int | None:
 
 
 def _released_text_block(column: Column, spec: str) -> list[str]:
-    words = column.sizes.get("max_words", 32)
     return [
         f"    column: {column.name}",
         "    encoder:            # a released sentence encoder, every weight adapted to these texts",
@@ -333,7 +336,7 @@ def _released_text_block(column: Column, spec: str) -> list[str]:
         "      pooling: mean       # the mean of the tokens, as sentence-transformers pools",
         "      train: full",
         "    options:",
-        f"      max_length: {int(min(128, max(16, 2 * words)))}      # about twice the 95th percentile of words, "
+        f"      max_length: {_text_length(column)}      # about twice the 95th percentile of words, "
         "at most 128 (the encoder's tokenizer)",
         "      span_deletion: 0.1  # a SimCSE view drops one span of 10 % of the tokens (plus dropout)",
     ]
@@ -499,27 +502,28 @@ def recipe_text(
             ]
         k = 5 if train_rows < 1000 else 20
         column_of = dict(zip(modality_names, inputs, strict=True))
+        several = len(modality_names) > 1  # distinct metric names per modality
         for modality in modality_names:
-            several = len(modality_names) > 1  # distinct metric names per modality
-            knn = f", prefix: knn_{modality}" if several else ""
-            probe = f", prefix: probe_{modality}" if several else ""
             base = ", baselines: [random_init, raw]" if modality in released else ""
-            lines.append(f"  - {{name: knn, modality: {modality}, bank: {bank}, query: test, k: {k}{knn}{base}}}")
-            lines.append(f"  - {{name: linear_probe, modality: {modality}, train: {bank}, test: test{probe}{base}}}")
+            lines += _evaluation_pair(modality, bank, k, base, modality if several else None)
             if column_of[modality].kind == "image" and _image_size(column_of[modality])[0] <= RESNET_MAX_SIZE:
                 # The ResNet's pooled mean loses where things are; its feature map keeps it (docs/defaults.md).
                 tokens = f"{modality}_tokens" if several else "tokens"
-                lines.append(
-                    f"  - {{name: knn, modality: {modality}, bank: {bank}, query: test, k: {k}, features: tokens, "
-                    f"prefix: knn_{tokens}}}"
-                )
-                lines.append(
-                    f"  - {{name: linear_probe, modality: {modality}, train: {bank}, test: test, features: tokens, "
-                    f"prefix: probe_{tokens}}}"
-                )
+                lines += _evaluation_pair(modality, bank, k, ", features: tokens", tokens)
     elif profile.class_names:
         lines += ["", "# evaluations: add a `test` split to data: to score k-NN and a linear probe on held-out rows"]
     return "\n".join(lines) + "\n"
+
+
+def _evaluation_pair(modality: str, bank: str, k: int, options: str, suffix: str | None) -> list[str]:
+    """A kNN and a linear-probe evaluation of ``modality`` with the same extra ``options`` (``, key: value``),
+    named ``knn_<suffix>`` and ``probe_<suffix>`` when a suffix is given."""
+    knn = f", prefix: knn_{suffix}" if suffix else ""
+    probe = f", prefix: probe_{suffix}" if suffix else ""
+    return [
+        f"  - {{name: knn, modality: {modality}, bank: {bank}, query: test, k: {k}{options}{knn}}}",
+        f"  - {{name: linear_probe, modality: {modality}, train: {bank}, test: test{options}{probe}}}",
+    ]
 
 
 def _released_of(inputs: list[Column], names: list[str], encoders: dict[str, str]) -> dict[str, str]:
