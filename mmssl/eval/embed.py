@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from mmssl.data.dataset import is_missing
@@ -17,6 +18,14 @@ from mmssl.model import JointEmbeddingModel
 #: What an evaluation can embed: the pooled output, the shared-space projection, or all tokens of a row.
 FEATURES = ("pooled", "projected", "tokens")
 Features = Literal["pooled", "projected", "tokens"]
+#: The ``features`` option of the evaluations that score frozen embeddings (knn, linear_probe).
+FeaturesOption = Annotated[
+    Features,
+    Field(
+        description="pooled (the encoder's pooled output), projected (shared space) or tokens (all tokens of a "
+        "row concatenated: an image encoder's feature map, which keeps where things are)."
+    ),
+]
 
 
 def check_widths(features: str, widths: list[int]) -> None:

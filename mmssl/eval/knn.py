@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
-from mmssl.eval.embed import Features, check_widths
+from mmssl.eval.embed import FeaturesOption, check_widths
 
 
 def knn_predict(bank: Tensor, bank_labels: Tensor, query: Tensor, k: int = 20, temperature: float = 0.07) -> Tensor:
@@ -45,11 +45,7 @@ class KNNOptions(EvalOptions):
     query: str = Field("test", description="Labelled split to classify.")
     k: int = Field(20, ge=1)
     temperature: float = Field(0.07, gt=0)
-    features: Features = Field(
-        "pooled",
-        description="pooled (the encoder's pooled output), projected (shared space) or tokens (all tokens of a "
-        "row concatenated: an image encoder's feature map, which keeps where things are).",
-    )
+    features: FeaturesOption = "pooled"
     widths: list[int] = Field(
         default_factory=list,
         description="Also score the first w features for each w (Matryoshka widths): writes knn_top1@w.",

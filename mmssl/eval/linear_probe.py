@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
-from mmssl.eval.embed import Features, check_widths
+from mmssl.eval.embed import FeaturesOption, check_widths
 
 
 def linear_probe_accuracy(
@@ -54,11 +54,7 @@ class LinearProbeOptions(EvalOptions):
     test: str = Field("test", description="Labelled split the accuracy is measured on.")
     C: float = Field(1.0, gt=0, description="Inverse L2 regularisation strength of the logistic regression.")
     max_iter: int = Field(1000, ge=1, description="Iterations of the lbfgs solver.")
-    features: Features = Field(
-        "pooled",
-        description="pooled (the encoder's pooled output), projected (shared space) or tokens (all tokens of a "
-        "row concatenated: an image encoder's feature map, which keeps where things are).",
-    )
+    features: FeaturesOption = "pooled"
     widths: list[int] = Field(
         default_factory=list,
         description="Also probe the first w features for each w (Matryoshka widths): writes linear_probe_top1@w.",
