@@ -59,7 +59,6 @@ class Vendor:
 TWITTER = Vendor("twemoji", "twitter")
 GOOGLE = Vendor("noto_emoji", "google")
 PACKAGE = TWITTER.package
-IMAGE_FOLDER = TWITTER.image_folder
 #: The 10 categories in the package's own order (``categories.json``); a row's ``label`` indexes this list.
 CATEGORIES = [
     "Smileys & Emotion",
