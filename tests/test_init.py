@@ -90,6 +90,8 @@ def test_init_manifest_of_each_modality_validates(case: str, tmp_path: Path) -> 
     twice = 2 if modality == "image" else 1  # small images: pooled and feature-map read-outs
     assert names == (["knn", "linear_probe"] * twice if has_split else [])
     assert "# " in out.read_text()  # every choice is commented
+    # text from scratch points at the released-encoder route, which beat TF-IDF where scratch did not
+    assert ("--encoder text=" in out.read_text()) == (modality == "text")
 
 
 def test_init_splits_by_the_split_column(tmp_path: Path) -> None:
