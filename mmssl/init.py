@@ -24,6 +24,15 @@ from mmssl.data import sources
 
 #: Largest image side for which the image plugin's ``encoder: auto`` picks its ResNet (mmssl_image.options).
 RESNET_MAX_SIZE = 64
+#: Side init gives images the ResNet would encode, and the ResNet's width: its first stage runs at full
+#: resolution, so 64 px at width 128 (Noto emoji, 301 x 256) took about 2 hours on one CPU thread; 32 px at width
+#: 64 runs 1.8 steps of 128 a second there and beat width 128 at 32 px (docs/defaults.md#images).
+RESNET_INIT_SIZE = 32
+RESNET_INIT_WIDTH = 64
+#: Starter budget of a recipe whose inputs are all ResNet images: 50 epochs of batch 128, at most 1000 steps
+#: (about 10 minutes on one thread at 32 px; 400-600 steps on the emoji sets in docs/defaults.md#images).
+RESNET_BATCH = 128
+RESNET_MAX_STEPS = 1000
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
@@ -223,24 +232,38 @@ def profile_rows(rows: list[dict[str, Any]], base: Path, class_names: list[str] 
 
 
 def _image_size(column: Column) -> tuple[int, int]:
-    """(image_size, patch_size) for an image column: the median side capped at 224, a patch that divides it."""
+    """(image_size, patch_size) for an image column: the median side capped at 224, a patch that divides it; a
+    size the ResNet would encode (at most RESNET_MAX_SIZE) is capped at RESNET_INIT_SIZE."""
     side = column.sizes["side"]
     size = min(side, 224) if side >= 16 else 16
     patch = 4 if size <= 32 else (8 if size <= 64 else 16)
-    return size - size % patch, patch
+    size -= size % patch
+    if RESNET_INIT_SIZE < size <= RESNET_MAX_SIZE:
+        size, patch = RESNET_INIT_SIZE, 4
+    return size, patch
+
+
+def _resnet(column: Column) -> bool:
+    """Whether the image plugin's ``encoder: auto`` picks the ResNet for this image column."""
+    return column.kind == "image" and _image_size(column)[0] <= RESNET_MAX_SIZE
 
 
 def _image_block(column: Column) -> list[str]:
     side, channels = column.sizes["side"], column.sizes["channels"]
     size, patch = _image_size(column)
+    if _resnet(column):
+        cap = f"at most {RESNET_INIT_SIZE} for the ResNet on a CPU: docs/defaults.md#images"
+        width = f"{RESNET_INIT_WIDTH}           # stages of 16, 32 and 64 channels; 128 was slower and no better"
+    else:
+        cap, width = "capped at 224", "128"
     return [
         f"    column: {column.name}",
         "    options:",
-        f"      image_size: {size}        # median shorter side of the images is {side} px (capped at 224)",
+        f"      image_size: {size}        # median shorter side of the images is {side} px ({cap})",
         f"      patch_size: {patch}        # {(size // patch) ** 2} patch tokens",
         f"      channels: {channels}          # {'greyscale' if channels == 1 else 'colour'} images",
         "      encoder: auto       # a ResNet up to 64 px (learns fast from small data), a ViT above",
-        "      width: 128",
+        f"      width: {width}",
         "      crop_scale: [0.35, 1.0]",
         "      flip: false         # mirrored digits, text or scans can be another class; set true for photos",
     ]
@@ -403,6 +426,10 @@ def recipe_text(
     steps = int(min(3000, max(200, epochs * train_rows // batch)))
     if kinds == {"text"}:  # a transformer over 128 tokens: 300 steps of 64 take about 6 minutes on one thread
         batch, steps = min(batch, 64), int(min(300, max(100, epochs * train_rows // 64)))
+    resnet_only = all(_resnet(c) for c in inputs)
+    if resnet_only:  # docs/defaults.md#images: 602 x 128 on Noto emoji, about 6 minutes on one thread
+        batch = min(batch, RESNET_BATCH)
+        steps = int(min(RESNET_MAX_STEPS, max(200, epochs * train_rows // batch)))
     adapting = bool(released) and len(released) == len(inputs)  # every modality starts from a released encoder
     lines = [
         f"# Starter recipe written by `mmssl init {origin}`: edit freely, then",
@@ -441,7 +468,7 @@ def recipe_text(
         else:
             body = blocks[column.kind](column)
         lines += body
-    width = 64 if all(c.kind == "timeseries" for c in inputs) else 128
+    width = 64 if all(c.kind == "timeseries" for c in inputs) or resnet_only else 128
     widths = {m: encoder_width(spec) for m, spec in released.items()}
     first = next(iter(widths.values()), None)
     if released and first is not None:
@@ -514,7 +541,7 @@ def recipe_text(
         for modality in modality_names:
             base = ", baselines: [random_init, raw]" if modality in released else ""
             lines += _evaluation_pair(modality, bank, k, base, modality if several else None)
-            if column_of[modality].kind == "image" and _image_size(column_of[modality])[0] <= RESNET_MAX_SIZE:
+            if _resnet(column_of[modality]):
                 # The ResNet's pooled mean loses where things are; its feature map keeps it (docs/defaults.md).
                 tokens = f"{modality}_tokens" if several else "tokens"
                 lines += _evaluation_pair(modality, bank, k, ", features: tokens", tokens)

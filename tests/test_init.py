@@ -130,7 +130,7 @@ def test_init_folder_of_classes(tmp_path: Path) -> None:
     compile_recipe(out, weights=False)
     tree = yaml.safe_load(out.read_text())
     assert tree["modalities"]["image"]["options"]["channels"] == 3
-    assert tree["modalities"]["image"]["options"]["image_size"] == 40
+    assert tree["modalities"]["image"]["options"]["image_size"] == 32  # 40 px: the ResNet's, capped at 32
     train = Path(tree["data"]["train"]["path"]).read_text().splitlines()
     test = Path(tree["data"]["test"]["path"]).read_text().splitlines()
     assert len(train) - 1 == 8 and len(test) - 1 == 2  # one of five per class held out, plus the header

@@ -104,13 +104,39 @@ def test_init_spoken_commands_writes_an_audio_recipe_that_validates(tmp_path: Pa
 
 
 def test_init_gives_audio_half_the_epochs_of_the_other_modalities() -> None:
-    """3600 clips, batch 256: 25 epochs = 351 steps for audio (SimCLR + MAE), 50 epochs = 703 for images."""
+    """3600 rows: 25 epochs of 256 = 351 steps for audio (SimCLR + MAE); 32 px images (the ResNet) get batch 128
+    and 50 epochs (1406 steps) capped at 1000 (docs/defaults.md#images)."""
     steps = {}
     for kind, sizes in (("audio", {"path": True}), ("image", {"side": 32, "channels": 1})):
         profile = Profile(3600, [Column("x", kind, sizes), Column("label", "label")], ["a", "b"], {"train": 3600})
         tree = yaml.safe_load(recipe_text("r", profile, {"train": "{source: manifest, path: x.csv}"}, "x.csv"))
         steps[kind] = (tree["train"]["steps"], tree["train"]["batch_size"])
-    assert steps == {"audio": (351, 256), "image": (703, 256)}
+    assert steps == {"audio": (351, 256), "image": (1000, 128)}
+
+
+def test_init_gives_images_the_resnet_encodes_32_px_width_64_and_a_ten_minute_budget() -> None:
+    """Images of at most 64 px: 32 px, ResNet width 64, embed_dim 64, 50 epochs of 128 capped at 1000 steps (the
+    64 px, width 128, 301 x 256 recipe took about 2 hours on Noto emoji); 100 px keeps the ViT, width 128, 224 cap."""
+
+    def recipe(side: int, channels: int, rows: int) -> dict:
+        columns = [Column("image", "image", {"side": side, "channels": channels}), Column("label", "label")]
+        profile = Profile(rows, columns, ["a", "b"], {"train": rows})
+        return yaml.safe_load(recipe_text("r", profile, {"train": "{source: manifest, path: x.csv}"}, "x.csv"))
+
+    for side, channels, rows, size, patch, budget in (
+        (64, 3, 1543, 32, 4, (602, 128)),  # Noto emoji
+        (28, 1, 60000, 28, 4, (1000, 128)),  # Fashion-MNIST: 50 epochs would be 23437 steps
+        (70, 3, 2000, 32, 4, (781, 128)),  # 70 px would be 64 (patch 16 divides it), the ResNet's: 32
+    ):
+        tree = recipe(side, channels, rows)
+        options = tree["modalities"]["image"]["options"]
+        assert (options["image_size"], options["patch_size"], options["width"]) == (size, patch, 64), side
+        assert (tree["train"]["steps"], tree["train"]["batch_size"]) == budget, side
+        assert tree["model"]["embed_dim"] == 64
+    big = recipe(100, 3, 1543)  # 96 px: the ViT, as before
+    options = big["modalities"]["image"]["options"]
+    assert (options["image_size"], options["width"]) == (96, 128)
+    assert (big["train"]["steps"], big["train"]["batch_size"], big["model"]["embed_dim"]) == (301, 256, 128)
 
 
 # ----------------------------------------------------------------------------------------------- noto emoji
@@ -157,6 +183,9 @@ def test_init_noto_emoji_writes_an_image_recipe_that_validates(tmp_path: Path) -
     assert list(plan.recipe.modalities) == ["image"]
     tree = yaml.safe_load(out.read_text())
     assert tree["modalities"]["image"]["options"]["channels"] == 3
+    options = tree["modalities"]["image"]["options"]
+    assert (options["image_size"], options["width"]) == (32, 64)  # 64 px artwork read at 32 (docs/defaults.md)
+    assert (tree["train"]["steps"], tree["train"]["batch_size"]) == (602, 128)  # about 6 minutes on one thread
     # 64 px: the ResNet, read pooled and as its feature map
     assert [(e["name"], e.get("features", "pooled")) for e in tree["evaluations"]] == [
         ("knn", "pooled"), ("linear_probe", "pooled"), ("knn", "tokens"), ("linear_probe", "tokens")
