@@ -410,6 +410,11 @@ _OBJECTIVES = {
 EPOCHS = {"audio": 25, "graph": 100}
 
 
+def _budget_steps(epochs: int, rows: int, per_step: int, floor: int, cap: int) -> int:
+    """Steps for ``epochs`` passes over ``rows`` at ``per_step`` rows a step, clamped to [floor, cap]."""
+    return int(min(cap, max(floor, epochs * rows // per_step)))
+
+
 def recipe_text(
     name: str, profile: Profile, data: dict[str, str], origin: str, encoders: dict[str, str] | None = None
 ) -> str:
@@ -423,13 +428,13 @@ def recipe_text(
     batch = int(min(256, max(8, 2 ** int(np.log2(max(8, train_rows // 4))))))
     kinds = {c.kind for c in inputs}
     epochs = min(EPOCHS.get(kind, 50) for kind in kinds)
-    steps = int(min(3000, max(200, epochs * train_rows // batch)))
+    steps = _budget_steps(epochs, train_rows, batch, 200, 3000)
     if kinds == {"text"}:  # a transformer over 128 tokens: 300 steps of 64 take about 6 minutes on one thread
-        batch, steps = min(batch, 64), int(min(300, max(100, epochs * train_rows // 64)))
+        batch, steps = min(batch, 64), _budget_steps(epochs, train_rows, 64, 100, 300)
     resnet_only = all(_resnet(c) for c in inputs)
     if resnet_only:  # docs/defaults.md#images: 602 x 128 on Noto emoji, about 6 minutes on one thread
         batch = min(batch, RESNET_BATCH)
-        steps = int(min(RESNET_MAX_STEPS, max(200, epochs * train_rows // batch)))
+        steps = _budget_steps(epochs, train_rows, batch, 200, RESNET_MAX_STEPS)
     adapting = bool(released) and len(released) == len(inputs)  # every modality starts from a released encoder
     lines = [
         f"# Starter recipe written by `mmssl init {origin}`: edit freely, then",
