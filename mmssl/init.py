@@ -430,7 +430,8 @@ def recipe_text(
     epochs = min(EPOCHS.get(kind, 50) for kind in kinds)
     steps = _budget_steps(epochs, train_rows, batch, 200, 3000)
     if kinds == {"text"}:  # a transformer over 128 tokens: 300 steps of 64 take about 6 minutes on one thread
-        batch, steps = min(batch, 64), _budget_steps(epochs, train_rows, 64, 100, 300)
+        batch = min(batch, 64)
+        steps = _budget_steps(epochs, train_rows, batch, 100, 300)
     resnet_only = all(_resnet(c) for c in inputs)
     if resnet_only:  # docs/defaults.md#images: 602 x 128 on Noto emoji, about 6 minutes on one thread
         batch = min(batch, RESNET_BATCH)

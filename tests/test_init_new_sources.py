@@ -114,6 +114,21 @@ def test_init_gives_audio_half_the_epochs_of_the_other_modalities() -> None:
     assert steps == {"audio": (351, 256), "image": (1000, 128)}
 
 
+def test_init_sizes_text_only_steps_for_the_batch_it_writes() -> None:
+    """Text alone: batches of at most 64 and 50 epochs of that batch, clamped to [100, 300] steps. 200 texts get
+    batch 32, so 50 epochs are 312 steps (capped at 300), not the 156 that batches of 64 would give."""
+
+    def budget(rows: int) -> tuple[int, int]:
+        profile = Profile(rows, [Column("text", "text", {}), Column("label", "label")], ["a", "b"], {"train": rows})
+        tree = yaml.safe_load(recipe_text("r", profile, {"train": "{source: manifest, path: x.csv}"}, "x.csv"))
+        return tree["train"]["steps"], tree["train"]["batch_size"]
+
+    assert budget(200) == (300, 32)
+    assert budget(80) == (250, 16)  # 50 * 80 / 16
+    assert budget(40) == (250, 8)  # batch floor 8: 50 * 40 / 8
+    assert budget(10000) == (300, 64)
+
+
 def test_init_gives_images_the_resnet_encodes_32_px_width_64_and_a_ten_minute_budget() -> None:
     """Images of at most 64 px: 32 px, ResNet width 64, embed_dim 64, 50 epochs of 128 capped at 1000 steps (the
     64 px, width 128, 301 x 256 recipe took about 2 hours on Noto emoji); 100 px keeps the ViT, width 128, 224 cap."""
