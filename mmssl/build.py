@@ -20,7 +20,7 @@ from mmssl.data.errors import DataErrorPolicy, SkippedRow
 from mmssl.data.labels import LabelSpace, apply_label_space, resolve_label_space
 from mmssl.data.sources import Source
 from mmssl.encoders.adapt import apply_training_mode
-from mmssl.modality import ModalityBatch, ModalityPlugin, Processor, check_is_module
+from mmssl.modality import ModalityBatch, ModalityPlugin, Processor, check_is_module, pooled_width
 from mmssl.model import JointEmbeddingModel
 from mmssl.objectives.base import BuildInfo
 from mmssl.train.step import TrainModule
@@ -157,6 +157,7 @@ def build_train_module(
 ) -> TrainModule:
     info = BuildInfo(
         widths={m: e.width for m, e in model.encoders.items()},
+        pooled_widths={m: pooled_width(e) for m, e in model.encoders.items()},
         embed_dim=model.embed_dim,
         processors=processors,
         probes=probes,

@@ -131,11 +131,19 @@ class EncoderOutput:
 
 
 class Encoder(Protocol):
-    """An ``nn.Module`` mapping a ``ModalityBatch`` to an ``EncoderOutput``; ``width`` is D."""
+    """An ``nn.Module`` mapping a ``ModalityBatch`` to an ``EncoderOutput``; ``width`` is D.
+
+    An encoder whose pooled output is not D wide (e.g. pyramid pooling) also sets ``pooled_width``.
+    """
 
     width: int
 
     def __call__(self, batch: ModalityBatch) -> EncoderOutput: ...
+
+
+def pooled_width(encoder: Any) -> int:
+    """Width of ``encoder``'s pooled output: its ``pooled_width`` where it has one, else its token width."""
+    return int(getattr(encoder, "pooled_width", encoder.width))
 
 
 @runtime_checkable

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.modality import EncoderOutput, ModalityBatch
+from mmssl.modality import EncoderOutput, ModalityBatch, pooled_width
 
 
 class JointEmbeddingModel(nn.Module):
@@ -27,16 +27,17 @@ class JointEmbeddingModel(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.projections = nn.ModuleDict()
         for m, encoder in encoders.items():
+            width = pooled_width(encoder)
             if m in identity:
-                if encoder.width != embed_dim:
+                if width != embed_dim:
                     raise ValueError(
-                        f"modalities.{m}.projection is identity, but the encoder width {encoder.width} is not "
+                        f"modalities.{m}.projection is identity, but the encoder's pooled width {width} is not "
                         f"model.embed_dim {embed_dim}"
                     )
                 self.projections[m] = nn.Identity()
             else:
-                self.projections[m] = nn.Linear(encoder.width, embed_dim, bias=False)
-                nn.init.normal_(self.projections[m].weight, std=encoder.width**-0.5)
+                self.projections[m] = nn.Linear(width, embed_dim, bias=False)
+                nn.init.normal_(self.projections[m].weight, std=width**-0.5)
         self.embed_dim = embed_dim
 
     def encode(self, modality: str, batch: ModalityBatch) -> EncoderOutput:

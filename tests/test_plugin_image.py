@@ -18,7 +18,7 @@ import mmssl_image
 from mmssl.encoders.transformer import TransformerEncoder
 from mmssl.modality import Capabilities, MaskedInput, ModalityBatch, Processor
 from mmssl_image import ImageOptions, ImageProcessor, build_encoder, build_processor, load_processor
-from mmssl_image.resnet import ResNetEncoder, visible_pixels
+from mmssl_image.resnet import ResNetEncoder, pyramid_pool, visible_pixels
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -323,6 +323,50 @@ def test_resnet_token_is_its_patch_cell() -> None:
     assert out.tokens.shape == (2, 16, 16)
     torch.testing.assert_close(out.tokens, expected, **F32)
     torch.testing.assert_close(out.pooled, expected.mean(1), **F32)
+
+
+def _region_mean_loop(tokens: torch.Tensor, grid: int, n: int, visible: torch.Tensor) -> torch.Tensor:
+    """Means over adaptive-pooling regions by explicit loops: region i spans cells floor(i*g/n) .. ceil((i+1)*g/n)."""
+    b, _, d = tokens.shape
+    out = torch.zeros(b, n * n, d)
+    for row in range(n):
+        for col in range(n):
+            rows = range(row * grid // n, -(-(row + 1) * grid // n))
+            cols = range(col * grid // n, -(-(col + 1) * grid // n))
+            cells = [r * grid + c for r in rows for c in cols]
+            weight = visible[:, cells, None]
+            out[:, row * n + col] = (tokens[:, cells] * weight).sum(1) / weight.sum(1).clamp_min(1e-6)
+    return out.flatten(1)
+
+
+def test_resnet_pyramid_pool_matches_region_loops() -> None:
+    """Level 1 is the mean of the (kept) tokens; level 2 on a 7x7 grid averages four overlapping 4x4 regions."""
+    grid, d = 7, 3
+    tokens = torch.randn(2, grid * grid, d, generator=torch.Generator().manual_seed(0))
+    everything = torch.ones(2, grid * grid)
+    torch.testing.assert_close(pyramid_pool(tokens, grid, (1,)), tokens.mean(1), **F32)
+    expected = torch.cat([_region_mean_loop(tokens, grid, n, everything) for n in (1, 2)], dim=1)
+    torch.testing.assert_close(pyramid_pool(tokens, grid, (1, 2)), expected, **F32)
+
+    keep = torch.tensor([[0, 1, 2, 10, 30, 48], [5, 6, 7, 8, 9, 40]])
+    visible = torch.zeros(2, grid * grid).scatter_(1, keep, 1.0)
+    expected = torch.cat([_region_mean_loop(tokens, grid, n, visible) for n in (1, 2, 3)], dim=1)
+    torch.testing.assert_close(pyramid_pool(tokens, grid, (1, 2, 3), keep), expected, **F32)
+    kept_mean = torch.stack([tokens[i, keep[i]].mean(0) for i in range(2)])
+    torch.testing.assert_close(pyramid_pool(tokens, grid, (1,), keep), kept_mean, **F32)
+
+
+def test_resnet_pool_levels_widen_the_pooled_embedding_only() -> None:
+    options = tiny_options(encoder="resnet", image_size=16, patch_size=4, pool_levels=[1, 2])
+    encoder = build_encoder(options).eval()
+    out = encoder(ModalityBatch(torch.randn(2, 3, 16, 16)))
+    assert out.tokens.shape == (2, 16, 16) and out.pooled.shape == (2, 5 * 16)
+    assert (encoder.width, encoder.pooled_width) == (16, 80)
+    torch.testing.assert_close(out.pooled[:, :16], out.tokens.mean(1), **F32)
+    with pytest.raises(ValidationError, match="pool_levels .* is for the ResNet encoder"):
+        tiny_options(encoder="vit", pool_levels=[1, 2])
+    with pytest.raises(ValidationError, match=r"each level must be between 1 and the token grid 4"):
+        tiny_options(encoder="resnet", pool_levels=[1, 5])
 
 
 # ------------------------------------------------------------------------------------- save/load, plugin

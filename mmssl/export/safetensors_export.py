@@ -19,6 +19,7 @@ from mmssl.encoders.adapt import merge_lora
 from mmssl.export.card import copy_report_figures, model_card
 from mmssl.export.files import MARKER, write_folder
 from mmssl.export.formats import register_export_format
+from mmssl.modality import pooled_width
 from mmssl.recipe import dump_recipe
 
 
@@ -43,6 +44,7 @@ def export_safetensors(run_dir: Path, output: Path, trust_plugins: bool = False)
             "plugin": recipe.plugin_of(m),
             "encoder": spec.encoder.model_dump(mode="json") if spec.encoder else None,
             "width": int(model.encoders[m].width),
+            "pooled_width": pooled_width(model.encoders[m]),
             "projection": spec.projection,
         }
     config = {"embed_dim": model.embed_dim, "modalities": modalities, "preprocessing": preprocessing}

@@ -49,12 +49,19 @@ class BuildInfo:
         embed_dim: Width of the shared embedding space.
         processors: modality -> fitted processor.
         probes: modality -> a small prepared batch, to find target shapes.
+        pooled_widths: modality -> width of the encoder's pooled output where it is not D (e.g. a ResNet with
+            pyramid pooling); see ``pooled_width``.
     """
 
     widths: dict[str, int]
     embed_dim: int
     processors: dict[str, Processor]
     probes: dict[str, ModalityBatch] = field(default_factory=dict)
+    pooled_widths: dict[str, int] = field(default_factory=dict)
+
+    def pooled_width(self, modality: str) -> int:
+        """Width of the modality's pooled embedding, which heads on ``EncoderOutput.pooled`` take as input."""
+        return self.pooled_widths.get(modality, self.widths[modality])
 
 
 @dataclass(frozen=True)

@@ -66,5 +66,5 @@ class SimCLR(nn.Module):
 @register_objective("simclr", SimCLROptions)
 def build_simclr(options: SimCLROptions, info: BuildInfo) -> nn.Module:
     nested_widths(options.matryoshka, options.proj_dim)  # fail at build, not at the first step
-    projector = mlp_projector(info.widths[options.modality], options.hidden_dim, options.proj_dim)
+    projector = mlp_projector(info.pooled_width(options.modality), options.hidden_dim, options.proj_dim)
     return SimCLR(options.inputs(), projector, options.temperature, options.gather, options.matryoshka)

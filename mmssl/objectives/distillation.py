@@ -91,7 +91,7 @@ class BYOL(nn.Module):
 @register_objective("byol", BYOLOptions)
 def build_byol(options: BYOLOptions, info: BuildInfo) -> nn.Module:
     o = options
-    projector = mlp_projector(info.widths[o.modality], o.hidden_dim, o.proj_dim)
+    projector = mlp_projector(info.pooled_width(o.modality), o.hidden_dim, o.proj_dim)
     predictor = mlp_projector(o.proj_dim, o.pred_hidden_dim, o.proj_dim) if o.predictor else nn.Identity()
     return BYOL(o.modality, o.views, projector, predictor, (o.momentum, o.final_momentum))
 
@@ -243,7 +243,7 @@ class DINO(nn.Module):
 def build_dino(options: DINOOptions, info: BuildInfo) -> nn.Module:
     o = options
     head = DINOHead(
-        info.widths[o.modality], o.out_dim, o.hidden_dim, o.bottleneck_dim, o.head_layers, o.norm_last_layer
+        info.pooled_width(o.modality), o.out_dim, o.hidden_dim, o.bottleneck_dim, o.head_layers, o.norm_last_layer
     )
     temps = (o.warmup_teacher_temp, o.teacher_temp, o.warmup_teacher_temp_steps)
     momentum = (o.momentum, o.final_momentum)

@@ -76,7 +76,9 @@ class TwoViewRedundancy(nn.Module):
 
 
 def _expander(options: RedundancyOptions, info: BuildInfo) -> nn.Module:
-    return mlp_expander(info.widths[options.modality], options.hidden_dim, options.proj_dim, options.expander_layers)
+    return mlp_expander(
+        info.pooled_width(options.modality), options.hidden_dim, options.proj_dim, options.expander_layers
+    )
 
 
 @register_objective("barlow_twins", BarlowTwinsOptions)

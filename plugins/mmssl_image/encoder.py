@@ -58,7 +58,14 @@ def build_encoder(options: ImageOptions, processor: object | None = None) -> Tra
     plugin contract.
     """
     if options.encoder_kind == "resnet":
-        return ResNetEncoder(options.channels, options.width, options.grid, options.patch_size, options.conv_blocks)
+        return ResNetEncoder(
+            options.channels,
+            options.width,
+            options.grid,
+            options.patch_size,
+            options.conv_blocks,
+            tuple(options.pool_levels),
+        )
     embedder = PatchEmbedder(options.channels, options.patch_size, options.image_size, options.width)
     return TransformerEncoder(
         embedder,

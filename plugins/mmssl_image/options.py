@@ -44,6 +44,13 @@ class ImageOptions(BaseModel):
         ),
     )
     conv_blocks: int = Field(1, ge=1, description="ResNet only: residual blocks per stage (three stages).")
+    pool_levels: list[int] = Field(
+        [1],
+        min_length=1,
+        description="ResNet only: the pooled embedding concatenates the mean of the feature map over n x n regions "
+        "for each n listed (spatial pyramid pooling); [1] is the plain mean (width values), [1, 2] adds the four "
+        "quadrants (5 x width values), which keeps coarse layout where images are aligned.",
+    )
     width: int = Field(192, gt=0, description="Token width D of the transformer encoder.")
     depth: int = Field(4, ge=0, description="Number of transformer blocks.")
     heads: int = Field(3, gt=0, description="Attention heads; must divide width.")
@@ -105,6 +112,17 @@ class ImageOptions(BaseModel):
             lo, hi = getattr(self, name)
             if not 0.0 < lo <= hi <= 1.0:
                 raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {getattr(self, name)}")
+        if self.pool_levels != [1]:
+            if self.encoder_kind != "resnet":
+                raise ValueError(
+                    f"pool_levels {self.pool_levels} is for the ResNet encoder, but this image encoder is the ViT "
+                    "(use pool: cls or mean)"
+                )
+            if any(not 1 <= n <= self.grid for n in self.pool_levels):
+                raise ValueError(
+                    f"pool_levels {self.pool_levels}: each level must be between 1 and the token grid "
+                    f"{self.grid} (image_size / patch_size)"
+                )
         if self.local_crop_size is not None and self.local_crop_size % self.patch_size:
             raise ValueError(
                 f"local_crop_size {self.local_crop_size} must be a multiple of patch_size {self.patch_size}"

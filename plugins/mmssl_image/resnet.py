@@ -67,12 +67,22 @@ class ResNetEncoder(nn.Module):
         blocks: Residual blocks per stage.
     """
 
-    def __init__(self, channels: int, width: int, grid: int, patch_size: int, blocks: int = 1) -> None:
+    def __init__(
+        self,
+        channels: int,
+        width: int,
+        grid: int,
+        patch_size: int,
+        blocks: int = 1,
+        pool_levels: tuple[int, ...] = (1,),
+    ) -> None:
         super().__init__()
         if width % 4:
             raise ValueError(f"ResNet width must be divisible by 4, got {width}")
         self.width = width
         self.grid = grid
+        self.pool_levels = tuple(pool_levels)
+        self.pooled_width = width * sum(n * n for n in self.pool_levels)
         self.patch_size = patch_size
         widths = [width // 4, width // 2, width]
         self.stem = nn.Sequential(
@@ -107,13 +117,40 @@ class ResNetEncoder(nn.Module):
         if batch.keep is not None:
             images = images * visible_pixels(batch.keep, self.grid, self.patch_size, images.shape[-2:]).to(images)
         tokens = self.norm(self.feature_map(images).flatten(2).transpose(1, 2))
+        pooled = pyramid_pool(tokens, self.grid, self.pool_levels, batch.keep)
         if batch.keep is not None:
             tokens = gather_tokens(tokens, batch.keep)
-        return EncoderOutput(tokens=tokens, pooled=tokens.mean(1))
+        return EncoderOutput(tokens=tokens, pooled=pooled)
 
     def layer_stack(self) -> tuple[list[nn.Module], list[nn.Module]]:
         """``(stem, blocks)`` from input to output (layer-wise lr decay)."""
         return [self.stem], list(self.stages)
+
+
+def pyramid_pool(tokens: Tensor, grid: int, levels: tuple[int, ...], keep: Tensor | None = None) -> Tensor:
+    """Spatial pyramid pooling (He et al. 2014) of a token grid: for each level n, the mean of the (kept) tokens
+    in each of n x n regions, concatenated level by level in row-major region order. Level 1 is the plain mean.
+
+    Args:
+        tokens: All ``grid * grid`` tokens, row-major.
+        grid: Tokens per side.
+        levels: Regions per side of each level.
+        keep: Indices of the visible tokens; hidden ones are left out of every mean (a region with none gives 0).
+
+    Shapes:
+        tokens [B, grid ** 2, D], keep [B, K] -> [B, D * sum(n ** 2 for n in levels)].
+    """
+    b, _, d = tokens.shape
+    weight = tokens.new_ones(b, grid * grid)
+    if keep is not None:
+        weight = torch.zeros_like(weight).scatter_(1, keep, 1.0)
+    cells = (tokens * weight[..., None]).transpose(1, 2).reshape(b, d, grid, grid)
+    counts = weight.view(b, 1, grid, grid)
+    parts = []
+    for n in levels:
+        sums, visible = F.adaptive_avg_pool2d(cells, n), F.adaptive_avg_pool2d(counts, n)
+        parts.append((sums / visible.clamp_min(1e-6)).flatten(2).transpose(1, 2).flatten(1))
+    return torch.cat(parts, dim=1)
 
 
 def visible_pixels(keep: Tensor, grid: int, patch_size: int, size: tuple[int, int] | torch.Size) -> Tensor:
