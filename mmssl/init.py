@@ -29,6 +29,8 @@ RESNET_MAX_SIZE = 64
 #: 64 runs 1.8 steps of 128 a second there and beat width 128 at 32 px (docs/defaults.md#images).
 RESNET_INIT_SIZE = 32
 RESNET_INIT_WIDTH = 64
+#: The ResNet's pooled embedding: the mean over the grid and over each quadrant (docs/defaults.md#images).
+RESNET_POOL_LINE = "      pool_levels: [1, 2]  # pooled: mean of the grid and of each quadrant, 5 x width numbers"
 #: Starter budget of a recipe whose inputs are all ResNet images: 50 epochs of batch 128, at most 1000 steps
 #: (about 10 minutes on one thread at 32 px; 400-600 steps on the emoji sets in docs/defaults.md#images).
 RESNET_BATCH = 128
@@ -266,6 +268,7 @@ def _image_block(column: Column) -> list[str]:
         f"      width: {width}",
         "      crop_scale: [0.35, 1.0]",
         "      flip: false         # mirrored digits, text or scans can be another class; set true for photos",
+        *([RESNET_POOL_LINE] if _resnet(column) else []),
     ]
 
 

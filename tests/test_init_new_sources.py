@@ -146,11 +146,13 @@ def test_init_gives_images_the_resnet_encodes_32_px_width_64_and_a_ten_minute_bu
         tree = recipe(side, channels, rows)
         options = tree["modalities"]["image"]["options"]
         assert (options["image_size"], options["patch_size"], options["width"]) == (size, patch, 64), side
+        assert options["pool_levels"] == [1, 2], side  # kNN +2 to +3 points on three image sets (defaults.md)
         assert (tree["train"]["steps"], tree["train"]["batch_size"]) == budget, side
         assert tree["model"]["embed_dim"] == 64
     big = recipe(100, 3, 1543)  # 96 px: the ViT, as before
     options = big["modalities"]["image"]["options"]
     assert (options["image_size"], options["width"]) == (96, 128)
+    assert "pool_levels" not in options  # the ViT pools with its class token
     assert (big["train"]["steps"], big["train"]["batch_size"], big["model"]["embed_dim"]) == (301, 256, 128)
 
 
