@@ -3,7 +3,8 @@
 The encoder returns one token per cell of the patch grid (``image_size / patch_size`` per side), the same
 token order as ``mmssl_image.patches.patchify``, so masked objectives work unchanged: hidden patches are zeroed
 in the input (the normalised mean) before the convolutions, in the spirit of SparK's masked convolution, and
-only the kept cells are returned as tokens. The pooled embedding is the mean of the returned tokens.
+only the kept cells are returned as tokens. The pooled embedding is the mean of the returned tokens, or with
+``pool_levels`` a spatial pyramid of region means (``pyramid_pool``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class ResNetEncoder(nn.Module):
         grid: Tokens per side (``image_size // patch_size``).
         patch_size: Side of the patch a token stands for (to zero hidden patches).
         blocks: Residual blocks per stage.
+        pool_levels: Regions per side of each level of the pooled embedding (``pyramid_pool``); ``(1,)`` is the
+            plain mean. The pooled width is ``pooled_width = width * sum(n ** 2)``.
     """
 
     def __init__(
