@@ -205,6 +205,9 @@ def test_init_noto_emoji_writes_an_image_recipe_that_validates(tmp_path: Path) -
     assert (tree["train"]["steps"], tree["train"]["batch_size"]) == (602, 128)  # about 6 minutes on one thread
     # 64 px: the ResNet, read pooled and as its feature map
     assert [(e["name"], e.get("features", "pooled")) for e in tree["evaluations"]] == [
-        ("knn", "pooled"), ("linear_probe", "pooled"), ("knn", "tokens"), ("linear_probe", "tokens")
+        ("knn", "pooled"),
+        ("linear_probe", "pooled"),
+        ("knn", "tokens"),
+        ("linear_probe", "tokens"),
     ]
     assert "10 classes" in out.read_text()
