@@ -47,9 +47,9 @@ class ImageOptions(BaseModel):
     pool_levels: list[int] = Field(
         [1],
         min_length=1,
-        description="ResNet only: the pooled embedding concatenates the mean of the feature map over n x n regions "
-        "for each n listed (spatial pyramid pooling); [1] is the plain mean (width values), [1, 2] adds the four "
-        "quadrants (5 x width values), which keeps coarse layout where images are aligned.",
+        description="ResNet only: the pooled embedding concatenates the mean of the tokens (grid cells) over n x n "
+        "regions for each n listed (spatial pyramid pooling); [1] is the plain mean (width values), [1, 2] adds the "
+        "four quadrants (5 x width values), which keeps coarse layout where images are aligned.",
     )
     width: int = Field(192, gt=0, description="Token width D of the transformer encoder.")
     depth: int = Field(4, ge=0, description="Number of transformer blocks.")
