@@ -253,7 +253,8 @@ def _resnet(column: Column) -> bool:
 def _image_block(column: Column) -> list[str]:
     side, channels = column.sizes["side"], column.sizes["channels"]
     size, patch = _image_size(column)
-    if _resnet(column):
+    resnet = _resnet(column)
+    if resnet:
         cap = f"at most {RESNET_INIT_SIZE} for the ResNet on a CPU: docs/defaults.md#images"
         width = f"{RESNET_INIT_WIDTH}           # stages of 16, 32 and 64 channels; 128 was slower and no better"
     else:
@@ -268,7 +269,7 @@ def _image_block(column: Column) -> list[str]:
         f"      width: {width}",
         "      crop_scale: [0.35, 1.0]",
         "      flip: false         # mirrored digits, text or scans can be another class; set true for photos",
-        *([RESNET_POOL_LINE] if _resnet(column) else []),
+        *([RESNET_POOL_LINE] if resnet else []),
     ]
 
 
