@@ -4,7 +4,7 @@ The encoder is not trained: every row of the ``train`` split is embedded once, a
 ``LogisticRegression`` (L2, lbfgs) is fitted on the standardised embeddings, and its top-1 accuracy on the
 ``test`` split is reported, next to the same probe on a random-init model and on the raw prepared input.
 The fit runs in float32, the embeddings' own precision: on 60k Fashion-MNIST images x 784 raw pixels it is
-0.6 of float64's time at the same accuracy (benchmarks/probe_precision.py).
+0.73 of float64's time at the same accuracy (benchmarks/probe_precision.py).
 """
 
 from __future__ import annotations
