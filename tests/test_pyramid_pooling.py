@@ -3,21 +3,19 @@ objective head on the pooled embedding, and the shared-space projection, is buil
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from image_views import image_views_batch
 
-from mmssl.batch import Batch
-from mmssl.data.dataset import make_view
-from mmssl.model import JointEmbeddingModel
 from mmssl.objectives import OBJECTIVES
 from mmssl.objectives.base import BuildInfo
 from mmssl.train.step import StepContext
-from mmssl_image import ImageOptions, build_encoder, build_processor
+from mmssl_image import ImageOptions
 
 OPTIONS = ImageOptions(
     image_size=16, patch_size=4, channels=1, width=16, encoder="resnet", pool_levels=[1, 2], mean=[0.5], std=[0.25]
 )
+VIEWS = ("view0", "view1")
 POOLED_HEADS = {
     "simclr": {"proj_dim": 8, "hidden_dim": 16},
     "barlow_twins": {"proj_dim": 8, "hidden_dim": 16},
@@ -27,20 +25,9 @@ POOLED_HEADS = {
 }
 
 
-def two_views(rows: int = 6) -> tuple[JointEmbeddingModel, dict, Batch]:
-    torch.manual_seed(0)
-    processor = build_processor(OPTIONS, None)
-    model = JointEmbeddingModel({"image": build_encoder(OPTIONS)}, embed_dim=8)
-    samples = [torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(rows)]
-    rng = np.random.default_rng(0)
-    inputs = {v: processor.collate([make_view(processor, s, v, rng) for s in samples]) for v in ("view0", "view1")}
-    batch = Batch({"image": inputs}, {"image": torch.ones(rows, dtype=torch.bool)}, None, torch.arange(rows))
-    return model, {"image": processor}, batch
-
-
 @pytest.mark.parametrize("name", sorted(POOLED_HEADS))
 def test_pooled_heads_take_the_pyramid_width(name: str) -> None:
-    model, processors, batch = two_views()
+    model, processors, batch = image_views_batch(OPTIONS, VIEWS, 6)
     assert model.encoders["image"].pooled_width == 5 * 16
     assert model.projections["image"].in_features == 80
     kind = OBJECTIVES.get(name)

@@ -5,41 +5,28 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from image_views import image_views_batch
 
 from mmssl.batch import Batch
-from mmssl.data.dataset import make_view
 from mmssl.data.sources import Source
 from mmssl.eval.base import EvalContext
 from mmssl.eval.knn import KNNOptions, run_knn
 from mmssl.eval.linear_probe import LinearProbeOptions, run_linear_probe
 from mmssl.masking import block_masks
 from mmssl.modality import EncoderOutput, ModalityBatch
-from mmssl.model import JointEmbeddingModel
 from mmssl.objectives import OBJECTIVES
 from mmssl.objectives.base import BuildInfo
 from mmssl.objectives.functional import clip_loss
 from mmssl.objectives.matryoshka import matryoshka_loss
 from mmssl.train.step import StepContext
-from mmssl_image import ImageOptions, build_encoder, build_processor
+from mmssl_image import ImageOptions
 
 IMAGE = ImageOptions(
     image_size=28, patch_size=7, channels=1, width=32, depth=1, heads=2, mean=[0.5], std=[0.25], encoder="vit"
 )
-
-
-def image_batch(views: list[str], n: int = 5) -> tuple[JointEmbeddingModel, dict, Batch]:
-    torch.manual_seed(0)
-    processor = build_processor(IMAGE, None)
-    model = JointEmbeddingModel({"image": build_encoder(IMAGE)}, embed_dim=8)
-    samples = [torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(i)) for i in range(n)]
-    rng = np.random.default_rng(0)
-    inputs = {v: processor.collate([make_view(processor, s, v, rng) for s in samples]) for v in views}
-    batch = Batch({"image": inputs}, {"image": torch.ones(n, dtype=torch.bool)}, None, torch.arange(n))
-    return model, {"image": processor}, batch
 
 
 def build(name: str, options: dict, processors: dict, batch: Batch) -> torch.nn.Module:
@@ -56,7 +43,7 @@ DINO = {"modality": "image", "out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 
 
 def test_dino_multi_crop_matches_the_pairwise_cross_entropy() -> None:
     views = ["view0", "view1", "local0", "local1"]
-    model, processors, batch = image_batch(views)
+    model, processors, batch = image_views_batch(IMAGE, views, 5)
     assert batch.inputs["image"]["local0"].data.shape == (5, 1, 14, 14)  # 3/7 of 28 px in whole 7-px patches
     assert batch.inputs["image"]["view0"].data.shape == (5, 1, 28, 28)
     dino = build("dino", DINO, processors, batch).train()
@@ -75,7 +62,7 @@ def test_dino_multi_crop_matches_the_pairwise_cross_entropy() -> None:
 
 
 def test_dino_last_layer_frozen_for_the_first_steps() -> None:
-    model, processors, batch = image_batch(["view0", "view1"])
+    model, processors, batch = image_views_batch(IMAGE, ["view0", "view1"], 5)
     dino = build("dino", {**DINO, "local_views": 0, "freeze_last_layer_steps": 1}, processors, batch).train()
     params = [p for p in [*model.parameters(), *dino.parameters()] if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.5)
@@ -136,7 +123,7 @@ def test_matryoshka_clip_averages_the_nested_prefixes() -> None:
 
 def test_matryoshka_option_on_simclr() -> None:
 
-    model, processors, batch = image_batch(["view0", "view1"])
+    model, processors, batch = image_views_batch(IMAGE, ["view0", "view1"], 5)
     options = {"modality": "image", "proj_dim": 8, "hidden_dim": 16, "matryoshka": [2, 4]}
     simclr = build("simclr", options, processors, batch)
     out = simclr(StepContext(model, batch, processors))
@@ -189,7 +176,7 @@ def test_block_masks_keep_the_smallest_context_count() -> None:
 
 
 def test_data2vec_block_masking_predicts_the_target_blocks() -> None:
-    model, processors, batch = image_batch(["clean"])
+    model, processors, batch = image_views_batch(IMAGE, ["clean"], 5)
     options = {"modality": "image", "decoder_width": 16, "decoder_heads": 2, "top_k": 1, "num_masks": 1}
     d2v = build("data2vec", {**options, "masking": "block", "num_targets": 2}, processors, batch).train()
     torch.manual_seed(5)
