@@ -144,6 +144,14 @@ def test_spoken_digits_synthesises_once_into_the_cache(tmp_path: Path, monkeypat
     with pytest.raises(ValueError, match="no voice variant 'nope'"):
         load({**spec, "variants": ["nope"]})
 
+    # `limit` keeps the first rows; a split left with no voices is refused, for digits and commands alike.
+    assert [r["text"] for r in load({**spec, "limit": 3}).rows] == DIGIT_WORDS[:3]
+    with pytest.raises(ValueError, match="spoken_digits split test: no voices given"):
+        load({**spec, "split": "test", "test_voices": [], "asterisk_digits": False})
+    commands = {**spec, "source": "spoken_commands"}
+    with pytest.raises(ValueError, match="spoken_commands split test: no voices given"):
+        load({**commands, "split": "test", "test_voices": []})
+
 
 @needs_espeak
 def test_binding_recipe_trains_on_rows_without_shared_modalities(

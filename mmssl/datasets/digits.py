@@ -231,6 +231,14 @@ def _columns(options: SpokenWordsOptions) -> list[str]:
     return ["audio", "text", "label", "voice"] if options.metadata else ["audio", "label"]
 
 
+def _limited(name: str, source: Source, rows: list[dict[str, Any]], options: SpokenWordsOptions) -> Source:
+    """``source`` with ``rows``, the first ``options.limit`` of them; refuses a split that ends up empty."""
+    rows = rows[: options.limit] if options.limit else rows
+    if not rows:
+        raise ValueError(f"{name} split {options.split}: no voices given")
+    return Source(rows, source.class_names, origin=source.origin, columns=source.columns)
+
+
 @register_source("spoken_digits", SpokenDigitsOptions)
 def load_spoken_digits(options: SpokenDigitsOptions, base: Path) -> Source:
     """Rows ``{"audio": wav Path, "text": word, "label": digit, "voice": espeak voice or "asterisk"}``.
@@ -249,11 +257,7 @@ def load_spoken_digits(options: SpokenDigitsOptions, base: Path) -> Source:
                 "`asterisk_root`, or set `asterisk_digits: false`"
             )
         rows += [_row(options, f, DIGIT_WORDS[d], d, "asterisk") for d, f in enumerate(files)]
-    if options.limit:
-        rows = rows[: options.limit]
-    if not rows:
-        raise ValueError(f"spoken_digits split {options.split}: no voices given")
-    return Source(rows, source.class_names, origin=source.origin, columns=source.columns)
+    return _limited("spoken_digits", source, rows, options)
 
 
 @register_source("spoken_commands", SpokenCommandsOptions)
@@ -261,7 +265,4 @@ def load_spoken_commands(options: SpokenCommandsOptions, base: Path) -> Source:
     """Rows ``{"audio": wav Path, "text": word, "label": index in COMMAND_WORDS, "voice": espeak voice}``; the
     class names are ``COMMAND_WORDS`` (yes, no, up, down, left, right, on, off, stop, go)."""
     source = load_spoken_words(COMMAND_WORDS, options, base, "commands")
-    rows = source.rows[: options.limit] if options.limit else source.rows
-    if not rows:
-        raise ValueError(f"spoken_commands split {options.split}: no voices given")
-    return Source(rows, source.class_names, origin=source.origin, columns=source.columns)
+    return _limited("spoken_commands", source, source.rows, options)
