@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from itertools import product
@@ -231,7 +232,7 @@ def _columns(options: SpokenWordsOptions) -> list[str]:
     return ["audio", "text", "label", "voice"] if options.metadata else ["audio", "label"]
 
 
-def _limited(name: str, source: Source, rows: list[dict[str, Any]], options: SpokenWordsOptions) -> Source:
+def _limited(name: str, source: Source, rows: Sequence[dict[str, Any]], options: SpokenWordsOptions) -> Source:
     """``source`` with ``rows``, the first ``options.limit`` of them; refuses a split that ends up empty."""
     rows = rows[: options.limit] if options.limit else rows
     if not rows:
