@@ -21,6 +21,7 @@ from mmssl.batch import Batch
 from mmssl.model import JointEmbeddingModel
 from mmssl.objectives import OBJECTIVES
 from mmssl.objectives.base import BuildInfo
+from mmssl.objectives.distillation import DINOHead
 from mmssl.objectives.noncontrastive import (
     barlow_twins_loss,
     byol_loss,
@@ -350,10 +351,16 @@ TEACHER_CASES = [
     ("byol", {"modality": "image", "proj_dim": 8, "hidden_dim": 16, "pred_hidden_dim": 16}, ["view0", "view1"]),
     ("dino", {"modality": "image", "out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8, "num_views": 3}, None),
     ("data2vec", {"modality": "image", "decoder_width": 16, "decoder_heads": 2, "top_k": 2}, ["clean"]),
+    (
+        "dino",
+        {"modality": "image", "out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8, "head_batch_norm": True},
+        ["view0", "view1"],
+    ),
 ]
+TEACHER_IDS = ["byol", "dino", "data2vec", "dino_head_batch_norm"]
 
 
-@pytest.mark.parametrize(("name", "options", "views"), TEACHER_CASES, ids=[c[0] for c in TEACHER_CASES])
+@pytest.mark.parametrize(("name", "options", "views"), TEACHER_CASES, ids=TEACHER_IDS)
 def test_teacher_objectives_gradients_and_ema(name: str, options: dict, views: list[str] | None) -> None:
     views = views or ["view0", "view1", "view2"]
     model, processors, batch = image_setup(views)
@@ -385,7 +392,7 @@ def test_teacher_objectives_gradients_and_ema(name: str, options: dict, views: l
     assert int(teacher.steps) == 1
 
 
-@pytest.mark.parametrize(("name", "options", "views"), TEACHER_CASES, ids=[c[0] for c in TEACHER_CASES])
+@pytest.mark.parametrize(("name", "options", "views"), TEACHER_CASES, ids=TEACHER_IDS)
 def test_teacher_state_round_trips_through_a_state_dict(name: str, options: dict, views: list[str] | None) -> None:
     """A fresh objective loading a checkpointed state dict has the checkpoint's teacher, not a copy of its student."""
     views = views or ["view0", "view1", "view2"]
@@ -439,6 +446,24 @@ def test_dino_center_buffer_and_temperature_warmup() -> None:
     dino.eval()
     dino(StepContext(model, batch, processors))
     assert torch.equal(dino.center, frozen)  # eval: no center update
+
+
+def test_dino_head_batch_norm_matches_linear_bn_gelu() -> None:
+    """With ``head_batch_norm`` each hidden layer is Linear, batch standardisation (biased variance), GELU."""
+    torch.manual_seed(0)
+    dino_head = DINOHead(6, 10, 12, 4, layers=3, batch_norm=True).double().train()
+    x = rand(9, 6, seed=3)
+    linears = [m for m in dino_head.mlp if isinstance(m, nn.Linear)]
+    h = x
+    for linear in linears[:-1]:
+        h = h @ linear.weight.T + linear.bias
+        h = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + 1e-5)
+        h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
+    h = h @ linears[-1].weight.T + linears[-1].bias
+    h = h / h.norm(dim=1, keepdim=True)
+    prototypes = dino_head.prototypes / dino_head.prototypes.norm(dim=1, keepdim=True)
+    assert_close(dino_head(x), h @ prototypes.T)
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in dino_head.mlp) == 2
 
 
 def test_byol_without_predictor_and_symmetric_loss() -> None:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from mmssl.batch import LOCAL_PREFIX
 from mmssl.objectives.base import BuildInfo, ObjectiveOptions, register_objective
+from mmssl.objectives.batch_norm import GlobalBatchNorm1d
 from mmssl.objectives.contrastive import mlp_projector
 from mmssl.objectives.noncontrastive import byol_loss, dino_center_update, dino_loss
 from mmssl.objectives.teacher import EMATeacher
@@ -103,20 +104,31 @@ class DINOHead(nn.Module):
     """DINO's projection head: a GELU MLP to a bottleneck, L2 normalisation, weight-normalised prototypes.
 
     ``logits = normalize(mlp(x)) @ normalize(prototypes).T * g`` where ``g`` is fixed at 1 when
-    ``norm_last_layer`` (the reference's weight norm with a frozen ``weight_g``) and learned otherwise.
+    ``norm_last_layer`` (the reference's weight norm with a frozen ``weight_g``) and learned otherwise. With
+    ``batch_norm`` each hidden layer is Linear-BN-GELU (the reference's ``use_bn_in_head``, its ResNet setting;
+    the statistics span every process).
 
     Shapes:
         x: ``[B, in_dim]`` -> ``[B, out_dim]``.
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, layers: int = 3, norm_last_layer=True
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int,
+        bottleneck_dim: int,
+        layers: int = 3,
+        norm_last_layer: bool = True,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         mods: list[nn.Module] = []
         dim = in_dim
         for _ in range(layers - 1):
-            mods += [nn.Linear(dim, hidden_dim), nn.GELU()]
+            mods += [nn.Linear(dim, hidden_dim)]
+            mods += [GlobalBatchNorm1d(hidden_dim)] if batch_norm else []
+            mods += [nn.GELU()]
             dim = hidden_dim
         mods.append(nn.Linear(dim, bottleneck_dim))
         self.mlp = nn.Sequential(*mods)
@@ -164,6 +176,9 @@ class DINOOptions(TeacherOptions):
     bottleneck_dim: int = Field(128, ge=1, description="Bottleneck width before the prototypes (DINO: 256).")
     head_layers: int = Field(3, ge=1, description="Linear layers of the head MLP.")
     norm_last_layer: bool = Field(True, description="Fix the prototypes' weight-norm scale at 1.")
+    head_batch_norm: bool = Field(
+        False, description="Batch norm after each hidden layer of the head (DINO's use_bn_in_head, for ResNets)."
+    )
     student_temp: float = Field(0.1, gt=0)
     teacher_temp: float = Field(0.04, gt=0, description="Teacher temperature after warmup.")
     warmup_teacher_temp: float = Field(0.04, gt=0, description="Teacher temperature at step 0.")
@@ -243,7 +258,13 @@ class DINO(nn.Module):
 def build_dino(options: DINOOptions, info: BuildInfo) -> nn.Module:
     o = options
     head = DINOHead(
-        info.pooled_width(o.modality), o.out_dim, o.hidden_dim, o.bottleneck_dim, o.head_layers, o.norm_last_layer
+        info.pooled_width(o.modality),
+        o.out_dim,
+        o.hidden_dim,
+        o.bottleneck_dim,
+        o.head_layers,
+        o.norm_last_layer,
+        o.head_batch_norm,
     )
     temps = (o.warmup_teacher_temp, o.teacher_temp, o.warmup_teacher_temp_steps)
     momentum = (o.momentum, o.final_momentum)
