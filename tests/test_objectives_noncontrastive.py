@@ -30,6 +30,7 @@ from mmssl.objectives.noncontrastive import (
     dino_loss,
     ema_momentum,
     instance_norm_tokens,
+    koleo_loss,
     off_diagonal,
     vicreg_loss,
 )
@@ -446,6 +447,40 @@ def test_dino_center_buffer_and_temperature_warmup() -> None:
     dino.eval()
     dino(StepContext(model, batch, processors))
     assert torch.equal(dino.center, frozen)  # eval: no center update
+
+
+def test_koleo_matches_nearest_neighbour_loop_and_known_value() -> None:
+    x = rand(7, 5, seed=11)
+    unit = [row / math.sqrt(float((row**2).sum())) for row in x]
+    nearest = [min(float(((unit[i] - unit[j]) ** 2).sum()) ** 0.5 for j in range(7) if j != i) for i in range(7)]
+    expected = -sum(math.log(d + 1e-8) for d in nearest) / 7
+    assert koleo_loss(x).item() == pytest.approx(expected, rel=1e-5)
+    # Two orthogonal rows are sqrt(2) apart whatever their lengths: -log(sqrt(2)).
+    assert koleo_loss(torch.tensor([[3.0, 0.0], [0.0, 0.5]])).item() == pytest.approx(-0.5 * math.log(2), rel=1e-6)
+    spread = koleo_loss(torch.eye(4))  # the four rows as far apart as four unit vectors in 4-D get
+    close = koleo_loss(torch.eye(4) + 2.0)
+    assert close > spread
+    with pytest.raises(ValueError, match="n >= 2"):
+        koleo_loss(torch.ones(1, 3))
+
+
+def test_koleo_objective_sums_each_views_koleo_and_combines_with_dino() -> None:
+    """``koleo`` beside ``dino`` (DINOv2's pairing): its loss is the sum over its views of the KoLeo of the pooled
+    embeddings, and it reads the views the step context has already encoded."""
+    views = ["view0", "view1"]
+    model, processors, batch = image_setup(views)
+    koleo = build("koleo", {"modality": "image", "views": views}, model, processors, batch)
+    ctx = StepContext(model, batch, processors)
+    dino_options = {"modality": "image", "out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8}
+    build("dino", dino_options, model, processors, batch)(ctx)
+    encoded = {v: ctx.encode("image", v) for v in views}
+    out = koleo(ctx)
+    assert all(ctx.encode("image", v) is encoded[v] for v in views)  # no second forward pass
+    with torch.no_grad():
+        pooled = [model.encode("image", batch.inputs["image"][v]).pooled for v in views]
+    assert_close(out["loss"].detach(), sum(koleo_loss(p) for p in pooled), **F32)
+    out["loss"].backward()
+    assert model.encoders["image"].transformer.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
 
 
 def test_dino_head_batch_norm_matches_linear_bn_gelu() -> None:

@@ -4,6 +4,7 @@ from mmssl.objectives import (  # noqa: F401  (registers objectives)
     alignment,
     contrastive,
     distillation,
+    koleo,
     latent,
     masked,
     redundancy,

@@ -33,6 +33,7 @@ __all__ = [
     "dino_loss",
     "ema_momentum",
     "instance_norm_tokens",
+    "koleo_loss",
     "off_diagonal",
     "vicreg_loss",
 ]
@@ -179,6 +180,27 @@ def byol_loss(p: Tensor, z: Tensor) -> dict[str, Tensor]:
     cos = F.cosine_similarity(p, z.detach(), dim=-1)
     loss = (2 - 2 * cos).mean()
     return {"loss": loss, "cos": cos.mean().detach()}
+
+
+def koleo_loss(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """KoLeo regulariser (Sablayrolles et al. 2019; DINOv2's weight 0.1 on the student's embedding).
+
+    The Kozachenko-Leonenko entropy estimate of the L2-normalised rows, negated: ``-mean_i log(d_i + eps)``
+    where ``d_i`` is the Euclidean distance from row i to its nearest other row. Minimising it spreads the
+    embeddings of a batch over the sphere. Needs two rows or more.
+
+    Shapes:
+        x: ``[n, d]`` -> scalar.
+    """
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise ValueError(f"koleo_loss needs [n, d] with n >= 2, got {tuple(x.shape)}")
+    x = F.normalize(x.float(), dim=-1, eps=eps)
+    with torch.no_grad():  # the nearest neighbour is chosen without gradient; the distance carries it
+        dots = x @ x.T
+        dots.fill_diagonal_(-2.0)
+        nearest = dots.argmax(dim=1)
+    distances = (x - x[nearest]).norm(dim=-1)
+    return -torch.log(distances + eps).mean()
 
 
 def dino_loss(
