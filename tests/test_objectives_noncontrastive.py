@@ -457,9 +457,14 @@ def test_koleo_matches_nearest_neighbour_loop_and_known_value() -> None:
     assert koleo_loss(x).item() == pytest.approx(expected, rel=1e-5)
     # Two orthogonal rows are sqrt(2) apart whatever their lengths: -log(sqrt(2)).
     assert koleo_loss(torch.tensor([[3.0, 0.0], [0.0, 0.5]])).item() == pytest.approx(-0.5 * math.log(2), rel=1e-6)
-    spread = koleo_loss(torch.eye(4))  # the four rows as far apart as four unit vectors in 4-D get
-    close = koleo_loss(torch.eye(4) + 2.0)
+    spread = koleo_loss(torch.eye(4))  # orthogonal rows, sqrt(2) apart
+    close = koleo_loss(torch.eye(4) + 2.0)  # the same rows pulled towards (1, 1, 1, 1): closer on the sphere
     assert close > spread
+    # A row repeated in the batch (distance 0) gives a finite loss and a finite gradient, not NaN.
+    repeated = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    loss = koleo_loss(repeated)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(repeated.grad).all()
     with pytest.raises(ValueError, match="n >= 2"):
         koleo_loss(torch.ones(1, 3))
 
