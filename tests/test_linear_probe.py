@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,17 @@ def test_non_separable_data_matches_sklearn(C: float) -> None:
     reference = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000)).fit(train_x, train_y)
     assert ours == pytest.approx(reference.score(test_x, test_y), abs=1e-12)
     assert 0.3 < ours < 0.95
+
+
+def test_iteration_limit_gives_one_short_warning_naming_the_probe() -> None:
+    train_x, train_y = blobs(200, 6, 4, 3.0, seed=2)
+    test_x, test_y = blobs(150, 6, 4, 3.0, seed=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        linear_probe_accuracy(train_x, train_y, test_x, test_y, max_iter=2, name="linear_probe (raw input)")
+        linear_probe_accuracy(train_x, train_y, test_x, test_y)  # converges: no warning
+    assert [type(w.message) for w in caught] == [RuntimeWarning]  # scikit-learn's ConvergenceWarning is replaced
+    assert str(caught[0].message).startswith("linear_probe (raw input): lbfgs stopped at max_iter 2")
 
 
 def test_single_class_train_split_predicts_it() -> None:

@@ -9,6 +9,7 @@ The fit runs in float32, the embeddings' own precision: on 60k Fashion-MNIST ima
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -26,15 +27,19 @@ def linear_probe_accuracy(
     test_y: np.ndarray,
     C: float = 1.0,
     max_iter: int = 1000,
+    name: str = "linear probe",
 ) -> float:
     """Fit ``StandardScaler`` + ``LogisticRegression(C=C, max_iter=max_iter)`` on train, return test accuracy.
 
     The scaler is fitted on the train rows only, and both are fitted in float32. A train split with one class
-    predicts that class.
+    predicts that class. When lbfgs stops at ``max_iter`` before converging, one short ``RuntimeWarning`` naming
+    the probe (``name``) replaces scikit-learn's multi-line ``ConvergenceWarning``; the accuracy is the last
+    iterate's, as before.
 
     Shapes:
         train_x [N, D], train_y [N], test_x [M, D], test_y [M].
     """
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -43,7 +48,16 @@ def linear_probe_accuracy(
     if len(np.unique(train_y)) < 2:
         return float((test_y == train_y[0]).mean())
     scaler = StandardScaler().fit(train_x)
-    classifier = LogisticRegression(C=C, max_iter=max_iter).fit(scaler.transform(train_x), train_y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        classifier = LogisticRegression(C=C, max_iter=max_iter).fit(scaler.transform(train_x), train_y)
+    if int(np.max(classifier.n_iter_)) >= max_iter:
+        warnings.warn(
+            f"{name}: lbfgs stopped at max_iter {max_iter} before converging; the accuracy is its last iterate's "
+            "(raise the evaluation's max_iter to fit longer)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return float((classifier.predict(scaler.transform(test_x)) == test_y).mean())
 
 
@@ -88,23 +102,24 @@ def run_linear_probe(options: LinearProbeOptions, ctx: EvalContext) -> dict[str,
     _, train_labels = ctx.labelled(m, options.train)
     _, test_labels = ctx.labelled(m, options.test)
 
-    def probe(train_x: Tensor, test_x: Tensor) -> float:
-        return linear_probe_accuracy(train_x, train_labels, test_x, test_labels, options.C, options.max_iter)
+    def probe(train_x: Tensor, test_x: Tensor, what: str) -> float:
+        name = f"{prefix} ({what})"
+        return linear_probe_accuracy(train_x, train_labels, test_x, test_labels, options.C, options.max_iter, name)
 
-    def score(model: Any, width: int | None = None) -> float:
+    def score(model: Any, what: str, width: int | None = None) -> float:
         def emb(split: str) -> Tensor:
             return ctx.embeddings(model, m, split, options.features, options.batch_size)[:, :width]
 
-        return probe(emb(options.train), emb(options.test))
+        return probe(emb(options.train), emb(options.test), what if width is None else f"{what}, width {width}")
 
-    results = {f"{prefix}_top1": score(ctx.model)}
+    results = {f"{prefix}_top1": score(ctx.model, "trained")}
     for width in options.widths:
-        results[f"{prefix}_top1@{width}"] = score(ctx.model, width)
+        results[f"{prefix}_top1@{width}"] = score(ctx.model, "trained", width)
     if "random_init" in options.baselines:
-        results[f"{prefix}_top1_{ctx.baseline_name}"] = score(ctx.random_model)
+        results[f"{prefix}_top1_{ctx.baseline_name}"] = score(ctx.random_model, ctx.baseline_name)
     if "raw" in options.baselines:
         raw = ctx.raw(m, (options.train, options.test))
         if raw is not None:
-            results[f"{prefix}_top1_raw"] = probe(raw[0], raw[1])
+            results[f"{prefix}_top1_raw"] = probe(raw[0], raw[1], "raw input")
     results[f"{prefix}_chance"] = 1.0 / len(np.unique(np.concatenate([train_labels, test_labels])))
     return results
