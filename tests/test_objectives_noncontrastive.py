@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from image_views import image_views_batch
 from tolerances import F32
 from torch import nn
 from torch.testing import assert_close
@@ -36,7 +37,7 @@ from mmssl.objectives.noncontrastive import (
 )
 from mmssl.objectives.teacher import EMATeacher, ema_update
 from mmssl.train.step import StepContext
-from mmssl_image import ImageOptions, build_encoder, build_processor
+from mmssl_image import ImageOptions
 
 F64 = torch.float64
 
@@ -324,20 +325,7 @@ def test_ema_update_formula_and_buffers() -> None:
 IMAGE = ImageOptions(
     image_size=28, patch_size=7, channels=1, width=32, depth=2, heads=2, mean=[0.5], std=[0.25], encoder="vit"
 )
-
-
-def image_setup(views: list[str], n: int = 6, seed: int = 0) -> tuple[JointEmbeddingModel, dict, Batch]:
-    torch.manual_seed(seed)
-    processor = build_processor(IMAGE, None)
-    model = JointEmbeddingModel({"image": build_encoder(IMAGE)}, embed_dim=8)
-    samples = [torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(i)) for i in range(n)]
-    rng = np.random.default_rng(seed)
-    inputs = {
-        v: processor.collate([processor.prepare(s) if v == "clean" else processor.augment(s, rng) for s in samples])
-        for v in views
-    }
-    batch = Batch({"image": inputs}, {"image": torch.ones(n, dtype=torch.bool)}, None, torch.arange(n))
-    return model, {"image": processor}, batch
+ROWS = 6
 
 
 def build(name: str, options: dict, model: JointEmbeddingModel, processors: dict, batch: Batch) -> nn.Module:
@@ -364,7 +352,7 @@ TEACHER_IDS = ["byol", "dino", "data2vec", "dino_head_batch_norm"]
 @pytest.mark.parametrize(("name", "options", "views"), TEACHER_CASES, ids=TEACHER_IDS)
 def test_teacher_objectives_gradients_and_ema(name: str, options: dict, views: list[str] | None) -> None:
     views = views or ["view0", "view1", "view2"]
-    model, processors, batch = image_setup(views)
+    model, processors, batch = image_views_batch(IMAGE, views, ROWS)
     objective = build(name, options, model, processors, batch)
     objective.train()
     out = objective(StepContext(model, batch, processors))
@@ -397,7 +385,7 @@ def test_teacher_objectives_gradients_and_ema(name: str, options: dict, views: l
 def test_teacher_state_round_trips_through_a_state_dict(name: str, options: dict, views: list[str] | None) -> None:
     """A fresh objective loading a checkpointed state dict has the checkpoint's teacher, not a copy of its student."""
     views = views or ["view0", "view1", "view2"]
-    model, processors, batch = image_setup(views)
+    model, processors, batch = image_views_batch(IMAGE, views, ROWS)
     first = build(name, options, model, processors, batch)
     first(StepContext(model, batch, processors))
     with torch.no_grad():
@@ -418,7 +406,7 @@ def test_teacher_state_round_trips_through_a_state_dict(name: str, options: dict
 
 def test_dino_center_buffer_and_temperature_warmup() -> None:
     views = ["view0", "view1"]
-    model, processors, batch = image_setup(views)
+    model, processors, batch = image_views_batch(IMAGE, views, ROWS)
     options = {
         "modality": "image",
         "out_dim": 16,
@@ -473,7 +461,7 @@ def test_koleo_objective_sums_each_views_koleo_and_combines_with_dino() -> None:
     """``koleo`` beside ``dino`` (DINOv2's pairing): its loss is the sum over its views of the KoLeo of the pooled
     embeddings, and it reads the views the step context has already encoded."""
     views = ["view0", "view1"]
-    model, processors, batch = image_setup(views)
+    model, processors, batch = image_views_batch(IMAGE, views, ROWS)
     koleo = build("koleo", {"modality": "image", "views": views}, model, processors, batch)
     ctx = StepContext(model, batch, processors)
     dino_options = {"modality": "image", "out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8}
@@ -507,7 +495,7 @@ def test_dino_head_batch_norm_matches_linear_bn_gelu() -> None:
 
 
 def test_byol_without_predictor_and_symmetric_loss() -> None:
-    model, processors, batch = image_setup(["view0", "view1"])
+    model, processors, batch = image_views_batch(IMAGE, ["view0", "view1"], ROWS)
     byol = build(
         "byol", {"modality": "image", "proj_dim": 8, "hidden_dim": 16, "predictor": False}, model, processors, batch
     )
