@@ -189,6 +189,12 @@ class TrainSpec(Strict):
         ),
     )
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _unquoted_no(cls, value: Any) -> Any:
+        """YAML 1.1 reads an unquoted ``no`` (``precision: no``, ``train.precision=no``) as false: take it as "no"."""
+        return "no" if value is False else value
+
     @field_validator("warmup_steps")
     @classmethod
     def _warmup_within_steps(cls, warmup: int, info: ValidationInfo) -> int:

@@ -39,6 +39,17 @@ def test_warmup_longer_than_the_run_is_refused() -> None:
         compile_recipe(TINY, ["train.warmup_steps=10"])
 
 
+def test_unquoted_no_is_the_precision_no(tmp_path: Path) -> None:
+    """YAML 1.1 reads `no` as false; `precision: no` (the documented default) must still mean no mixed precision,
+    in a recipe file and in an override, while other values stay refused."""
+    assert compile_recipe(TINY, ["train.precision=no"]).recipe.train.precision == "no"
+    recipe = tmp_path / "no.yaml"
+    recipe.write_text(TINY.read_text().replace("  steps: 6\n", "  steps: 6\n  precision: no\n"))
+    assert compile_recipe(recipe).recipe.train.precision == "no"
+    with pytest.raises(RecipeError, match="train.precision"):
+        compile_recipe(TINY, ["train.precision=true"])
+
+
 def test_bad_override_yaml_names_the_override() -> None:
     result = CliRunner().invoke(app, ["train", str(TINY), "train.steps=[1", "-o", "/nonexistent/run"])
     assert result.exit_code == 2
