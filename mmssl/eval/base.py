@@ -14,7 +14,7 @@ from torch import Tensor
 
 from mmssl.data.errors import SkippedRow, readable_rows
 from mmssl.data.sources import Source
-from mmssl.eval.embed import embed_values, labelled_values, raw_features
+from mmssl.eval.embed import embed_features, labelled_values, raw_features
 from mmssl.modality import Processor
 from mmssl.registry import Registry
 
@@ -88,6 +88,8 @@ class EvalContext:
         device: Where to run the model.
         on_error: ``data.on_error``: under ``skip`` a split's rows with a value that cannot be decoded are left
             out (and listed in ``skipped``).
+        features_of: modality -> every ``features`` the evaluations read (``run_evaluations`` fills it), so that
+            one pass over a split embeds them all.
     """
 
     model: Any
@@ -99,6 +101,7 @@ class EvalContext:
     baseline_name: str = "random_init"
     on_error: str = "raise"
     skipped: dict[str, list[SkippedRow]] = field(default_factory=dict)
+    features_of: dict[str, set[str]] = field(default_factory=dict)
     _sources: dict[str, Source] = field(default_factory=dict)
     _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
@@ -120,17 +123,22 @@ class EvalContext:
 
     def embeddings(self, model: Any, modality: str, split: str, features: str, batch_size: int) -> Tensor:
         """Embeddings of the split's labelled rows, computed once per model, modality, split and features, so
-        evaluations that share a split (kNN and the linear probe) embed it once.
+        evaluations that share a split (kNN and the linear probe) embed it once. The first call for a split also
+        embeds the other ``features_of`` the modality in the same pass.
 
         Shapes: -> [N, D] float32 on the CPU.
         """
         key = ("embed", id(model), modality, split, features)
         if key not in self._cache:
+            wanted = sorted({features} | self.features_of.get(modality, set()))
+            missing = tuple(f for f in wanted if ("embed", id(model), modality, split, f) not in self._cache)
             values, _ = self.labelled(modality, split)
             processor = self.processors[modality]
-            self._cache[key] = embed_values(model, modality, processor, values, features, batch_size, self.device)
-        found: Tensor = self._cache[key]
-        return found
+            found = embed_features(model, modality, processor, values, missing, batch_size, self.device)
+            for feature, emb in found.items():
+                self._cache[("embed", id(model), modality, split, feature)] = emb
+        embedded: Tensor = self._cache[key]
+        return embedded
 
     def raw(self, modality: str, splits: tuple[str, ...]) -> list[Tensor] | None:
         """The raw-input baseline of the splits' labelled rows (``raw_features`` over all of them at once: one
@@ -194,6 +202,10 @@ def run_evaluations(
     """
     report = EvalReport()
     labels: set[str] = set()
+    for _, options in evaluations:  # the frozen-embedding evaluations (knn, linear_probe) name their features
+        features, modality = getattr(options, "features", None), getattr(options, "modality", None)
+        if isinstance(features, str) and isinstance(modality, str):
+            ctx.features_of.setdefault(modality, set()).add(features)
     for i, (kind, options) in enumerate(evaluations):
         label = evaluation_label(kind, options, labels)
         labels.add(label)

@@ -34,7 +34,6 @@ def check_widths(features: str, widths: list[int]) -> None:
         raise ValueError(f"widths {widths} slice the pooled or projected embedding; they do not apply to tokens")
 
 
-@torch.no_grad()
 def embed_values(
     model: JointEmbeddingModel,
     modality: str,
@@ -57,21 +56,41 @@ def embed_values(
     Raises:
         ValueError: Unknown ``features``, or ``tokens`` of rows with padding or differing token counts.
     """
-    if features not in FEATURES:
-        raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
+    return embed_features(model, modality, processor, values, (features,), batch_size, device)[features]
+
+
+@torch.no_grad()
+def embed_features(
+    model: JointEmbeddingModel,
+    modality: str,
+    processor: Processor,
+    values: list,
+    features: tuple[str, ...],
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> dict[str, Tensor]:
+    """Embed raw values of one modality once and read several ``features`` of each batch (see ``embed_values``):
+    a recipe that scores the pooled embedding and the feature map encodes each row once, not twice.
+
+    Shapes: -> {feature: [N, D], [N, E] or [N, T * D]}, float32 on the CPU.
+    """
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {unknown[0]!r}")
     was_training = model.training
     model.eval()
-    out: list[Tensor] = []
+    out: dict[str, list[Tensor]] = {f: [] for f in features}
     for lo in range(0, len(values), batch_size):
         batch = processor.collate([processor.prepare(processor.decode(v)) for v in values[lo : lo + batch_size]])
         encoded = model.encode(modality, batch.to(device))
-        if features == "tokens":
-            emb = _token_grid(encoded, modality, out[0].shape[1] if out else None)
-        else:
-            emb = encoded.pooled if features == "pooled" else model.project(modality, encoded.pooled)
-        out.append(emb.float().cpu())
+        for feature, done in out.items():
+            if feature == "tokens":
+                emb = _token_grid(encoded, modality, done[0].shape[1] if done else None)
+            else:
+                emb = encoded.pooled if feature == "pooled" else model.project(modality, encoded.pooled)
+            done.append(emb.float().cpu())
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, model.embed_dim)
+    return {f: torch.cat(done) if done else torch.empty(0, model.embed_dim) for f, done in out.items()}
 
 
 def _token_grid(encoded: EncoderOutput, modality: str, width: int | None) -> Tensor:

@@ -1,0 +1,73 @@
+"""Evaluations that score several read-outs of one split encode each of its rows once."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmssl.data.sources import Source
+from mmssl.eval.base import EVALUATORS, EvalContext, run_evaluations
+from mmssl.eval.embed import embed_values
+from mmssl.eval.knn import knn_accuracy
+from mmssl.modality import EncoderOutput, ModalityBatch
+
+
+class _Rows:
+    """A processor whose raw values are row indices."""
+
+    def decode(self, raw: int) -> int:
+        return raw
+
+    def prepare(self, sample: int) -> int:
+        return sample
+
+    def collate(self, samples: list[int]) -> ModalityBatch:
+        return ModalityBatch(torch.tensor(samples))
+
+
+class _CountingGrid(nn.Module):
+    """Looks up a [N, 4, 3] token grid per row (pooled: the tokens' mean) and counts the rows it encodes."""
+
+    def __init__(self, grid: torch.Tensor) -> None:
+        super().__init__()
+        self.grid = grid
+        self.embed_dim = grid.shape[2]
+        self.rows_encoded = 0
+        self.proj = nn.Linear(3, 2, bias=False)
+
+    def encode(self, modality: str, batch: ModalityBatch) -> EncoderOutput:
+        self.rows_encoded += len(batch.data)
+        tokens = self.grid[batch.data]
+        return EncoderOutput(tokens=tokens, pooled=tokens.mean(1))
+
+    def project(self, modality: str, pooled: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.proj(pooled), dim=-1)
+
+
+def test_pooled_and_tokens_readouts_share_one_pass_per_split() -> None:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 3
+    grid = torch.randn(60, 4, 3, generator=g) + labels[:, None, None].float()
+    sources = {
+        "train": Source([{"x": i, "label": int(labels[i])} for i in range(40)]),
+        "test": Source([{"x": i, "label": int(labels[i])} for i in range(40, 60)]),
+    }
+    model = _CountingGrid(grid)
+    ctx = EvalContext(model, {"m": _Rows()}, {"m": "x"}, sources.__getitem__, lambda: None)
+    knn = EVALUATORS.get("knn")
+    evaluations = [
+        (knn, knn.options(name="knn", modality="m", k=5, features="tokens", baselines=[], batch_size=16)),
+        (knn, knn.options(name="knn", modality="m", k=5, baselines=[], prefix="knn_pooled", batch_size=16)),
+    ]
+    report = run_evaluations(evaluations, ctx)
+
+    assert not report.errors
+    assert model.rows_encoded == 60  # 40 bank rows and 20 query rows, once each for both read-outs
+    for feature, metric in (("tokens", "knn_top1"), ("pooled", "knn_pooled_top1")):
+        bank = embed_values(model, "m", _Rows(), list(range(40)), feature, batch_size=7)
+        query = embed_values(model, "m", _Rows(), list(range(40, 60)), feature, batch_size=7)
+        expected = knn_accuracy(bank, labels[:40].numpy(), query, labels[40:].numpy(), 5, 0.07)
+        assert report.results[metric] == expected
+    encoded = model.rows_encoded
+    assert ctx.embeddings(model, "m", "test", "tokens", 16).shape == (20, 12)
+    assert model.rows_encoded == encoded  # cached
