@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tolerances import F32
 from torch import nn
 
 from mmssl.data.sources import Source
@@ -71,3 +72,17 @@ def test_pooled_and_tokens_readouts_share_one_pass_per_split() -> None:
     encoded = model.rows_encoded
     assert ctx.embeddings(model, "m", "test", "tokens", 16).shape == (20, 12)
     assert model.rows_encoded == encoded  # cached
+
+
+def test_projected_is_the_projection_of_cached_pooled_embeddings() -> None:
+    """Zero-shot reads `projected`; after a kNN of the same split it projects the cached pooled rows."""
+    grid = torch.randn(30, 4, 3, generator=torch.Generator().manual_seed(1))
+    sources = {"test": Source([{"x": i, "label": i % 2} for i in range(30)])}
+    model = _CountingGrid(grid)
+    ctx = EvalContext(model, {"m": _Rows()}, {"m": "x"}, sources.__getitem__, lambda: None)
+    ctx.embeddings(model, "m", "test", "pooled", 8)
+    encoded = model.rows_encoded
+    projected = ctx.embeddings(model, "m", "test", "projected", 8)
+    assert model.rows_encoded == encoded
+    expected = nn.functional.normalize(grid.mean(1) @ model.proj.weight.T, dim=-1)
+    torch.testing.assert_close(projected, expected, **F32)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from mmssl.data.errors import SkippedRow, readable_rows
 from mmssl.data.sources import Source
-from mmssl.eval.embed import embed_features, labelled_values, raw_features
+from mmssl.eval.embed import embed_features, labelled_values, project_embeddings, raw_features
 from mmssl.modality import Processor
 from mmssl.registry import Registry
 
@@ -124,11 +124,15 @@ class EvalContext:
     def embeddings(self, model: Any, modality: str, split: str, features: str, batch_size: int) -> Tensor:
         """Embeddings of the split's labelled rows, computed once per model, modality, split and features, so
         evaluations that share a split (kNN and the linear probe) embed it once. The first call for a split also
-        embeds the other ``features_of`` the modality in the same pass.
+        embeds the other ``features_of`` the modality in the same pass; ``projected`` is the projection of the
+        pooled embeddings when those are cached.
 
         Shapes: -> [N, D] float32 on the CPU.
         """
         key = ("embed", id(model), modality, split, features)
+        pooled = ("embed", id(model), modality, split, "pooled")
+        if key not in self._cache and features == "projected" and pooled in self._cache:
+            self._cache[key] = project_embeddings(model, modality, self._cache[pooled], batch_size, self.device)
         if key not in self._cache:
             wanted = sorted({features} | self.features_of.get(modality, set()))
             missing = tuple(f for f in wanted if ("embed", id(model), modality, split, f) not in self._cache)

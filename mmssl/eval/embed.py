@@ -93,6 +93,29 @@ def embed_features(
     return {f: torch.cat(done) if done else torch.empty(0, model.embed_dim) for f, done in out.items()}
 
 
+@torch.no_grad()
+def project_embeddings(
+    model: JointEmbeddingModel,
+    modality: str,
+    pooled: Tensor,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """The shared-space projection of pooled embeddings already computed (``features: projected`` without
+    encoding the rows again).
+
+    Shapes: pooled [N, D] -> [N, E] float32 on the CPU.
+    """
+    was_training = model.training
+    model.eval()
+    out = [
+        model.project(modality, pooled[lo : lo + batch_size].to(device)).float().cpu()
+        for lo in range(0, len(pooled), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, model.embed_dim)
+
+
 def _token_grid(encoded: EncoderOutput, modality: str, width: int | None) -> Tensor:
     """Tokens [B, T, D] -> [B, T * D], refusing padded rows and a token count that changes between batches."""
     if encoded.padding_mask is not None and bool(encoded.padding_mask.any()):

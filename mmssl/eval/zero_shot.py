@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
-from mmssl.eval.embed import embed_values, labelled_values
+from mmssl.eval.embed import embed_values
 
 
 class ZeroShotOptions(EvalOptions):
@@ -19,16 +19,13 @@ class ZeroShotOptions(EvalOptions):
     baselines: list[str] = Field(default_factory=lambda: ["random_init"])
 
 
-def zero_shot_accuracy(
-    model, options: ZeroShotOptions, ctx: EvalContext, values: list, labels: np.ndarray, names
-) -> float:
+def zero_shot_accuracy(model, options: ZeroShotOptions, ctx: EvalContext, labels: np.ndarray, names) -> float:
     text_proc = ctx.processors[options.text]
     prompts = [template.format(name) for name in names for template in options.prompts]
     text = embed_values(model, options.text, text_proc, prompts, "projected", options.batch_size, ctx.device)
     classes = F.normalize(text.view(len(names), len(options.prompts), -1).mean(1), dim=-1)
-    inputs = embed_values(
-        model, options.modality, ctx.processors[options.modality], values, "projected", options.batch_size, ctx.device
-    )
+    # the query split's rows, projected from the pooled embeddings a kNN or probe of the same split computed
+    inputs = ctx.embeddings(model, options.modality, options.query, "projected", options.batch_size)
     pred = (inputs @ classes.T).argmax(1).numpy()
     return float((pred == labels).mean())
 
@@ -47,11 +44,11 @@ def run_zero_shot(options: ZeroShotOptions, ctx: EvalContext) -> dict[str, float
     names = options.class_names or source.class_names
     if not names:
         raise ValueError(f"zero_shot: split {options.query!r} ({source.origin}) has no class names; set class_names")
-    values, labels = labelled_values(source, ctx.columns[options.modality])
-    results = {f"{prefix}_top1": zero_shot_accuracy(ctx.model, options, ctx, values, labels, names)}
+    _, labels = ctx.labelled(options.modality, options.query)
+    results = {f"{prefix}_top1": zero_shot_accuracy(ctx.model, options, ctx, labels, names)}
     if "random_init" in options.baselines:
         results[f"{prefix}_top1_{ctx.baseline_name}"] = zero_shot_accuracy(
-            ctx.random_model, options, ctx, values, labels, names
+            ctx.random_model, options, ctx, labels, names
         )
     results[f"{prefix}_chance"] = 1.0 / len(names)
     return results
