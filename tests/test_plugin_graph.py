@@ -103,6 +103,20 @@ def test_decode_data_dict_and_range_checks() -> None:
         proc.decode({"x": benzene.x})
 
 
+def test_a_graph_without_edges_decodes_from_empty_lists() -> None:
+    """A one-atom molecule (methane without hydrogens) in a JSON manifest: `edge_index: []`, `edge_attr: []`."""
+    proc = processor()
+    methane = proc.decode("C")
+    assert methane.edge_index.shape == (2, 0)
+    for edges in ([], [[], []]):
+        for attrs in ({}, {"edge_attr": []}):
+            graph = proc.decode({"x": methane.x.tolist(), "edge_index": edges, **attrs})
+            assert graph.edge_index.shape == (2, 0) and graph.edge_index.dtype == torch.long
+            assert graph.edge_attr.shape == (0, methane.edge_attr.shape[1]) and torch.equal(graph.x, methane.x)
+    batch = proc.collate([proc.prepare(proc.decode({"x": methane.x.tolist(), "edge_index": []}))] * 2)
+    assert batch.data.num_graphs == 2 and batch.data.edge_index.shape == (2, 0)
+
+
 # ------------------------------------------------------------------------------------------ augmentations
 
 

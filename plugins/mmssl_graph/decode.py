@@ -116,6 +116,10 @@ def check_graph(graph: Data, node_vocab: Sequence[int], edge_vocab: Sequence[int
     x = x.long()
     _check_range(x, node_vocab, f"{what}: node feature")
     n = x.shape[0]
+    if isinstance(edge_index, Tensor) and edge_index.numel() == 0:  # no edges: `[]` in a manifest reads as [0]
+        edge_index = torch.zeros(2, 0, dtype=torch.long)
+        if isinstance(edge_attr, Tensor) and edge_attr.numel() == 0:
+            edge_attr = None
     if not isinstance(edge_index, Tensor) or edge_index.ndim != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"{what}: edge_index must be a [2, E] tensor, got {_shape(edge_index)}")
     if edge_index.is_floating_point():
