@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from index_rows import IndexRows
 from tolerances import F32
 from torch import nn
 
@@ -11,19 +12,6 @@ from mmssl.eval.base import EVALUATORS, EvalContext, run_evaluations
 from mmssl.eval.embed import embed_values
 from mmssl.eval.knn import knn_accuracy
 from mmssl.modality import EncoderOutput, ModalityBatch
-
-
-class _Rows:
-    """A processor whose raw values are row indices."""
-
-    def decode(self, raw: int) -> int:
-        return raw
-
-    def prepare(self, sample: int) -> int:
-        return sample
-
-    def collate(self, samples: list[int]) -> ModalityBatch:
-        return ModalityBatch(torch.tensor(samples))
 
 
 class _CountingGrid(nn.Module):
@@ -54,7 +42,7 @@ def test_pooled_and_tokens_readouts_share_one_pass_per_split() -> None:
         "test": Source([{"x": i, "label": int(labels[i])} for i in range(40, 60)]),
     }
     model = _CountingGrid(grid)
-    ctx = EvalContext(model, {"m": _Rows()}, {"m": "x"}, sources.__getitem__, lambda: None)
+    ctx = EvalContext(model, {"m": IndexRows()}, {"m": "x"}, sources.__getitem__, lambda: None)
     knn = EVALUATORS.get("knn")
     evaluations = [
         (knn, knn.options(name="knn", modality="m", k=5, features="tokens", baselines=[], batch_size=16)),
@@ -65,8 +53,8 @@ def test_pooled_and_tokens_readouts_share_one_pass_per_split() -> None:
     assert not report.errors
     assert model.rows_encoded == 60  # 40 bank rows and 20 query rows, once each for both read-outs
     for feature, metric in (("tokens", "knn_top1"), ("pooled", "knn_pooled_top1")):
-        bank = embed_values(model, "m", _Rows(), list(range(40)), feature, batch_size=7)
-        query = embed_values(model, "m", _Rows(), list(range(40, 60)), feature, batch_size=7)
+        bank = embed_values(model, "m", IndexRows(), list(range(40)), feature, batch_size=7)
+        query = embed_values(model, "m", IndexRows(), list(range(40, 60)), feature, batch_size=7)
         expected = knn_accuracy(bank, labels[:40].numpy(), query, labels[40:].numpy(), 5, 0.07)
         assert report.results[metric] == expected
     encoded = model.rows_encoded
@@ -79,7 +67,7 @@ def test_projected_is_the_projection_of_cached_pooled_embeddings() -> None:
     grid = torch.randn(30, 4, 3, generator=torch.Generator().manual_seed(1))
     sources = {"test": Source([{"x": i, "label": i % 2} for i in range(30)])}
     model = _CountingGrid(grid)
-    ctx = EvalContext(model, {"m": _Rows()}, {"m": "x"}, sources.__getitem__, lambda: None)
+    ctx = EvalContext(model, {"m": IndexRows()}, {"m": "x"}, sources.__getitem__, lambda: None)
     ctx.embeddings(model, "m", "test", "pooled", 8)
     encoded = model.rows_encoded
     projected = ctx.embeddings(model, "m", "test", "projected", 8)

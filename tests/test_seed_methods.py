@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from image_views import image_views_batch
+from index_rows import IndexRows
 
 from mmssl.batch import Batch
 from mmssl.data.sources import Source
@@ -186,20 +187,9 @@ def test_data2vec_block_masking_predicts_the_target_blocks() -> None:
     assert model.encoders["image"].embedder.proj.weight.grad.abs().sum() > 0
 
 
-class _Rows:
-    """A processor whose raw values are row indices, and a model that looks their features up."""
-
-    def decode(self, raw: int) -> int:
-        return raw
-
-    def prepare(self, sample: int) -> int:
-        return sample
-
-    def collate(self, samples: list[int]) -> ModalityBatch:
-        return ModalityBatch(torch.tensor(samples))
-
-
 class _Lookup(torch.nn.Module):
+    """A model that looks each row's features up by its index (``IndexRows`` batches)."""
+
     def __init__(self, features: torch.Tensor) -> None:
         super().__init__()
         self.features = features
@@ -219,7 +209,7 @@ def test_knn_and_probe_widths_score_the_first_features() -> None:
     features = torch.cat([signal, 50 * torch.randn(120, 6, generator=g)], dim=1)
     rows = {"train": list(range(80)), "test": list(range(80, 120))}
     sources = {s: Source([{"x": i, "label": int(labels[i])} for i in idx]) for s, idx in rows.items()}
-    ctx = EvalContext(_Lookup(features), {"m": _Rows()}, {"m": "x"}, sources.__getitem__, lambda: None)
+    ctx = EvalContext(_Lookup(features), {"m": IndexRows()}, {"m": "x"}, sources.__getitem__, lambda: None)
     knn = run_knn(KNNOptions(name="knn", modality="m", k=5, widths=[2], baselines=[]), ctx)
     probe = run_linear_probe(LinearProbeOptions(name="linear_probe", modality="m", widths=[2], baselines=[]), ctx)
     assert knn["knn_top1@2"] == 1.0
