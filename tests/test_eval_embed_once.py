@@ -51,6 +51,7 @@ def test_pooled_and_tokens_readouts_share_one_pass_per_split() -> None:
     report = run_evaluations(evaluations, ctx)
 
     assert not report.errors
+    assert ctx.features_of == {("m", "train"): {"pooled", "tokens"}, ("m", "test"): {"pooled", "tokens"}}
     assert model.rows_encoded == 60  # 40 bank rows and 20 query rows, once each for both read-outs
     for feature, metric in (("tokens", "knn_top1"), ("pooled", "knn_pooled_top1")):
         bank = embed_values(model, "m", IndexRows(), list(range(40)), feature, batch_size=7)

@@ -88,8 +88,8 @@ class EvalContext:
         device: Where to run the model.
         on_error: ``data.on_error``: under ``skip`` a split's rows with a value that cannot be decoded are left
             out (and listed in ``skipped``).
-        features_of: modality -> every ``features`` the evaluations read (``run_evaluations`` fills it), so that
-            one pass over a split embeds them all.
+        features_of: (modality, split) -> every ``features`` the evaluations read of it (``run_evaluations``
+            fills it), so that one pass over the split embeds them all.
     """
 
     model: Any
@@ -101,7 +101,7 @@ class EvalContext:
     baseline_name: str = "random_init"
     on_error: str = "raise"
     skipped: dict[str, list[SkippedRow]] = field(default_factory=dict)
-    features_of: dict[str, set[str]] = field(default_factory=dict)
+    features_of: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     _sources: dict[str, Source] = field(default_factory=dict)
     _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
@@ -124,8 +124,8 @@ class EvalContext:
     def embeddings(self, model: Any, modality: str, split: str, features: str, batch_size: int) -> Tensor:
         """Embeddings of the split's labelled rows, computed once per model, modality, split and features, so
         evaluations that share a split (kNN and the linear probe) embed it once. The first call for a split also
-        embeds the other ``features_of`` the modality in the same pass; ``projected`` is the projection of the
-        pooled embeddings when those are cached.
+        embeds the other ``features_of`` it in the same pass; ``projected`` is the projection of the pooled
+        embeddings when those are cached.
 
         Shapes: -> [N, D] float32 on the CPU.
         """
@@ -134,7 +134,7 @@ class EvalContext:
         if key not in self._cache and features == "projected" and pooled in self._cache:
             self._cache[key] = project_embeddings(model, modality, self._cache[pooled], batch_size, self.device)
         if key not in self._cache:
-            wanted = sorted({features} | self.features_of.get(modality, set()))
+            wanted = sorted({features} | self.features_of.get((modality, split), set()))
             missing = tuple(f for f in wanted if ("embed", id(model), modality, split, f) not in self._cache)
             values, _ = self.labelled(modality, split)
             processor = self.processors[modality]
@@ -206,10 +206,11 @@ def run_evaluations(
     """
     report = EvalReport()
     labels: set[str] = set()
-    for _, options in evaluations:  # the frozen-embedding evaluations (knn, linear_probe) name their features
+    for kind, options in evaluations:  # the frozen-embedding evaluations (knn, linear_probe) name their features
         features, modality = getattr(options, "features", None), getattr(options, "modality", None)
         if isinstance(features, str) and isinstance(modality, str):
-            ctx.features_of.setdefault(modality, set()).add(features)
+            for split in kind.splits(options):
+                ctx.features_of.setdefault((modality, split), set()).add(features)
     for i, (kind, options) in enumerate(evaluations):
         label = evaluation_label(kind, options, labels)
         labels.add(label)
