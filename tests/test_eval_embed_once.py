@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from index_rows import IndexRows
 from tolerances import F32
@@ -75,3 +76,16 @@ def test_projected_is_the_projection_of_cached_pooled_embeddings() -> None:
     assert model.rows_encoded == encoded
     expected = nn.functional.normalize(grid.mean(1) @ model.proj.weight.T, dim=-1)
     torch.testing.assert_close(projected, expected, **F32)
+
+
+def test_a_failed_pass_leaves_the_model_in_its_training_mode() -> None:
+    """Embedding switches the model to eval mode and back, also when a batch raises (e.g. tokens of padded rows)."""
+
+    class _Failing(_CountingGrid):
+        def encode(self, modality: str, batch: ModalityBatch) -> EncoderOutput:
+            raise ValueError("no tokens here")
+
+    model = _Failing(torch.zeros(4, 4, 3)).train()
+    with pytest.raises(ValueError, match="no tokens here"):
+        embed_values(model, "m", IndexRows(), [0, 1], "tokens")
+    assert model.training

@@ -124,17 +124,17 @@ class EvalContext:
     def embeddings(self, model: Any, modality: str, split: str, features: str, batch_size: int) -> Tensor:
         """Embeddings of the split's labelled rows, computed once per model, modality, split and features, so
         evaluations that share a split (kNN and the linear probe) embed it once. The first call for a split also
-        embeds the other ``features_of`` it in the same pass; ``projected`` is the projection of the pooled
-        embeddings when those are cached.
+        embeds the other ``features_of`` it in the same pass; ``projected`` is always the projection of the (cached)
+        pooled embeddings.
 
         Shapes: -> [N, D] float32 on the CPU.
         """
         key = ("embed", id(model), modality, split, features)
-        pooled = ("embed", id(model), modality, split, "pooled")
-        if key not in self._cache and features == "projected" and pooled in self._cache:
-            self._cache[key] = project_embeddings(model, modality, self._cache[pooled], batch_size, self.device)
+        if key not in self._cache and features == "projected":  # a function of the pooled rows: project those
+            pooled = self.embeddings(model, modality, split, "pooled", batch_size)
+            self._cache[key] = project_embeddings(model, modality, pooled, batch_size, self.device)
         if key not in self._cache:
-            wanted = sorted({features} | self.features_of.get((modality, split), set()))
+            wanted = sorted({features} | self.features_of.get((modality, split), set()) - {"projected"})
             missing = tuple(f for f in wanted if ("embed", id(model), modality, split, f) not in self._cache)
             values, _ = self.labelled(modality, split)
             processor = self.processors[modality]

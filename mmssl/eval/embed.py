@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -59,6 +61,17 @@ def embed_values(
     return embed_features(model, modality, processor, values, (features,), batch_size, device)[features]
 
 
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block, back in the mode it had afterwards, also when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def embed_features(
     model: JointEmbeddingModel,
@@ -77,19 +90,17 @@ def embed_features(
     unknown = [f for f in features if f not in FEATURES]
     if unknown:
         raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {unknown[0]!r}")
-    was_training = model.training
-    model.eval()
     out: dict[str, list[Tensor]] = {f: [] for f in features}
-    for lo in range(0, len(values), batch_size):
-        batch = processor.collate([processor.prepare(processor.decode(v)) for v in values[lo : lo + batch_size]])
-        encoded = model.encode(modality, batch.to(device))
-        for feature, done in out.items():
-            if feature == "tokens":
-                emb = _token_grid(encoded, modality, done[0].shape[1] if done else None)
-            else:
-                emb = encoded.pooled if feature == "pooled" else model.project(modality, encoded.pooled)
-            done.append(emb.float().cpu())
-    model.train(was_training)
+    with evaluating(model):
+        for lo in range(0, len(values), batch_size):
+            batch = processor.collate([processor.prepare(processor.decode(v)) for v in values[lo : lo + batch_size]])
+            encoded = model.encode(modality, batch.to(device))
+            for feature, done in out.items():
+                if feature == "tokens":
+                    emb = _token_grid(encoded, modality, done[0].shape[1] if done else None)
+                else:
+                    emb = encoded.pooled if feature == "pooled" else model.project(modality, encoded.pooled)
+                done.append(emb.float().cpu())
     return {f: torch.cat(done) if done else torch.empty(0, model.embed_dim) for f, done in out.items()}
 
 
@@ -106,13 +117,11 @@ def project_embeddings(
 
     Shapes: pooled [N, D] -> [N, E] float32 on the CPU.
     """
-    was_training = model.training
-    model.eval()
-    out = [
-        model.project(modality, pooled[lo : lo + batch_size].to(device)).float().cpu()
-        for lo in range(0, len(pooled), batch_size)
-    ]
-    model.train(was_training)
+    with evaluating(model):
+        out = [
+            model.project(modality, pooled[lo : lo + batch_size].to(device)).float().cpu()
+            for lo in range(0, len(pooled), batch_size)
+        ]
     return torch.cat(out) if out else torch.empty(0, model.embed_dim)
 
 
