@@ -476,6 +476,18 @@ def test_koleo_objective_sums_each_views_koleo_and_combines_with_dino() -> None:
     assert model.encoders["image"].transformer.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
 
 
+def test_koleo_objective_adds_zero_for_a_one_row_batch() -> None:
+    """The last batch of an epoch can hold one row, which has no nearest neighbour: the term is zero there, and
+    the encoder still gets a (zero) gradient instead of the step raising."""
+    model, processors, batch = image_views_batch(IMAGE, ["view0", "view1"], 1)
+    koleo = build("koleo", {"modality": "image"}, model, processors, batch)
+    out = koleo(StepContext(model, batch, processors))
+    assert out["loss"].item() == 0.0
+    out["loss"].backward()
+    grad = model.encoders["image"].transformer.blocks[0].attn.qkv.weight.grad
+    assert grad is not None and torch.count_nonzero(grad) == 0
+
+
 def test_dino_head_batch_norm_matches_linear_bn_gelu() -> None:
     """With ``head_batch_norm`` each hidden layer is Linear, batch standardisation (biased variance), GELU."""
     torch.manual_seed(0)

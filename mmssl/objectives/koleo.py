@@ -30,7 +30,8 @@ class KoLeoOptions(ObjectiveOptions):
 
 class KoLeo(nn.Module):
     """The sum over ``views`` of :func:`~mmssl.objectives.noncontrastive.koleo_loss` of the pooled embeddings, each
-    on the local batch of its process (as DINOv2)."""
+    on the local batch of its process (as DINOv2). A local batch of one row (the last batch of an epoch can be one)
+    has no nearest neighbour: it adds zero, not an error."""
 
     partial_rows = False
 
@@ -40,8 +41,14 @@ class KoLeo(nn.Module):
         self.inputs = [(modality, v) for v in self.views]
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
-        per_view = [koleo_loss(ctx.encode(self.modality, v).pooled) for v in self.views]
+        per_view = [spread_term(ctx.encode(self.modality, v).pooled) for v in self.views]
         return {"loss": sum(per_view[1:], per_view[0])}
+
+
+def spread_term(pooled: Tensor) -> Tensor:
+    """``koleo_loss`` of ``pooled [n, d]``, or a zero still tied to it (every parameter keeps a gradient, as DDP
+    expects) when ``n < 2``."""
+    return koleo_loss(pooled) if pooled.shape[0] >= 2 else pooled.sum() * 0.0
 
 
 @register_objective("koleo", KoLeoOptions)
