@@ -150,6 +150,7 @@ def test_init_cli_refuses_to_overwrite_and_names_bad_input(tmp_path: Path) -> No
 
 def test_init_reads_small_images_two_ways(tmp_path: Path) -> None:
     """Images the ResNet encodes get a kNN and a probe on its feature map (tokens) beside the pooled ones."""
+    from mmssl.init import RESNET_LR
     from mmssl.init import RESNET_MAX_SIZE as INIT_RESNET_MAX_SIZE
     from mmssl_image.options import RESNET_MAX_SIZE
 
@@ -159,11 +160,14 @@ def test_init_reads_small_images_two_ways(tmp_path: Path) -> None:
     evaluations = yaml.safe_load(out.read_text())["evaluations"]
     read_outs = {(e["name"], e.get("features", "pooled")) for e in evaluations}
     assert read_outs == {("knn", "pooled"), ("linear_probe", "pooled"), ("knn", "tokens"), ("linear_probe", "tokens")}
+    assert yaml.safe_load(out.read_text())["train"]["lr"] == float(RESNET_LR)  # the ResNet's rate, not 1e-3
     for side, expected in ((64, 4), (100, 2)):  # 100 px: image_size 96, above RESNET_MAX_SIZE: the ViT, pooled
         rows = [{"image": str(_png(tmp_path / f"big{side}_{i}.png", side)), "label": i % 2,
                  "split": "test" if i < 4 else "train"} for i in range(12)]
         out = init_manifest(write_rows(tmp_path / f"big{side}.jsonl", rows), tmp_path / f"big{side}.yaml")
-        assert len(yaml.safe_load(out.read_text())["evaluations"]) == expected
+        tree = yaml.safe_load(out.read_text())
+        assert len(tree["evaluations"]) == expected
+        assert tree["train"]["lr"] == (float(RESNET_LR) if side <= RESNET_MAX_SIZE else 1.0e-3)
 
 
 def _png(path: Path, side: int) -> Path:
