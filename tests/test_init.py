@@ -157,10 +157,10 @@ def test_init_reads_small_images_two_ways(tmp_path: Path) -> None:
     assert INIT_RESNET_MAX_SIZE == RESNET_MAX_SIZE  # init decides as the plugin's `encoder: auto` does
     out = init_manifest(image_manifest(tmp_path), tmp_path / "small.yaml")
     compile_recipe(out, weights=False)
-    evaluations = yaml.safe_load(out.read_text())["evaluations"]
-    read_outs = {(e["name"], e.get("features", "pooled")) for e in evaluations}
+    tree = yaml.safe_load(out.read_text())
+    read_outs = {(e["name"], e.get("features", "pooled")) for e in tree["evaluations"]}
     assert read_outs == {("knn", "pooled"), ("linear_probe", "pooled"), ("knn", "tokens"), ("linear_probe", "tokens")}
-    assert yaml.safe_load(out.read_text())["train"]["lr"] == float(RESNET_LR)  # the ResNet's rate, not 1e-3
+    assert tree["train"]["lr"] == float(RESNET_LR)  # the ResNet's rate, not the transformers' 1e-3
     for side, expected in ((64, 4), (100, 2)):  # 100 px: image_size 96, above RESNET_MAX_SIZE: the ViT, pooled
         rows = [{"image": str(_png(tmp_path / f"big{side}_{i}.png", side)), "label": i % 2,
                  "split": "test" if i < 4 else "train"} for i in range(12)]
