@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmssl.data.dataset import is_missing
+from mmssl.eval.embed import evaluating
 from mmssl.modality import ModalityBatch, Processor
 
 #: RankMe below this share of ``min(n, d)`` is reported as dimensional collapse ...
@@ -200,12 +201,10 @@ class TrainingMonitor:
         training run's random streams are untouched.
         """
         device = torch.device(device)
-        was_training = model.training
-        model.eval()
         metrics: dict[str, float] = {}
         warnings: list[str] = []
         clean: dict[str, Tensor] = {}
-        try:
+        with evaluating(model):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 for modality, batches in self.batches.items():
                     emb = clean[modality] = self._pooled(model, modality, "clean", device)
@@ -234,8 +233,6 @@ class TrainingMonitor:
                         xa = model.project(a, clean[a][[pos_a[r] for r in common]].to(device))
                         xb = model.project(b, clean[b][[pos_b[r] for r in common]].to(device))
                         metrics[f"monitor/{a}+{b}/alignment"] = float(alignment(xa, xb))
-        finally:
-            model.train(was_training)
         return metrics, warnings
 
     def __call__(

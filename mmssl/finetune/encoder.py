@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmssl.eval.embed import evaluating
 from mmssl.finetune.config import FinetuneError
 from mmssl.modality import Processor
 
@@ -86,13 +87,14 @@ def pooled(encoder: nn.Module, processor: Processor, samples: list[Any], device:
 @torch.no_grad()
 def embed(encoder: nn.Module, processor: Processor, values: list[Any], batch_size: int, device: str) -> Tensor:
     """Pooled features of raw values with the encoder in eval mode. Shapes: -> [N, D] float32 on the CPU."""
-    was_training = encoder.training
-    encoder.eval()
-    out = [
-        pooled(
-            encoder, processor, [processor.prepare(processor.decode(v)) for v in values[lo : lo + batch_size]], device
-        ).cpu()
-        for lo in range(0, len(values), batch_size)
-    ]
-    encoder.train(was_training)
+    with evaluating(encoder):
+        out = [
+            pooled(
+                encoder,
+                processor,
+                [processor.prepare(processor.decode(v)) for v in values[lo : lo + batch_size]],
+                device,
+            ).cpu()
+            for lo in range(0, len(values), batch_size)
+        ]
     return torch.cat(out)
