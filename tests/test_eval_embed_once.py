@@ -89,3 +89,15 @@ def test_a_failed_pass_leaves_the_model_in_its_training_mode() -> None:
     with pytest.raises(ValueError, match="no tokens here"):
         embed_values(model, "m", IndexRows(), [0, 1], "tokens")
     assert model.training
+
+
+def test_evaluations_declare_the_read_outs_they_embed() -> None:
+    """`reads` is how run_evaluations learns every read-out of a split before the first pass."""
+    knn, probe, zero_shot = (EVALUATORS.get(name) for name in ("knn", "linear_probe", "zero_shot"))
+    knn_options = knn.options(name="knn", modality="image", bank="train", query="test", features="tokens")
+    probe_options = probe.options(name="linear_probe", modality="image", train="bank", test="test")
+    zero_shot_options = zero_shot.options(name="zero_shot", modality="image", query="test", class_names=["a", "b"])
+
+    assert knn.reads(knn_options) == [("image", "train", "tokens"), ("image", "test", "tokens")]
+    assert probe.reads(probe_options) == [("image", "bank", "pooled"), ("image", "test", "pooled")]
+    assert zero_shot.reads(zero_shot_options) == []

@@ -33,6 +33,10 @@ def _no_needs(options: Any) -> list[tuple[str, Need]]:
     return []
 
 
+def _no_reads(options: Any) -> list[tuple[str, str, str]]:
+    return []
+
+
 @dataclass(frozen=True)
 class EvaluatorType:
     """A registered evaluation.
@@ -42,6 +46,8 @@ class EvaluatorType:
         modalities: options -> the modalities it embeds (must be in the recipe).
         needs: options -> ``(split, need)`` pairs checked before training: ``labels`` (rows with a label) or
             ``class_names`` (the split's source names its classes).
+        reads: options -> the ``(modality, split, features)`` frozen embeddings it reads through
+            ``EvalContext.features``; every read-out of a split is embedded in one pass (``features_of``).
     """
 
     name: str
@@ -50,6 +56,7 @@ class EvaluatorType:
     splits: Callable[[Any], list[str]]
     modalities: Callable[[Any], list[str]]
     needs: Callable[[Any], list[tuple[str, Need]]] = _no_needs
+    reads: Callable[[Any], list[tuple[str, str, str]]] = _no_reads
 
 
 EvaluatorRun = Callable[[Any, "EvalContext"], dict[str, float]]
@@ -64,9 +71,10 @@ def register_evaluator(
     splits: Callable[[Any], list[str]],
     modalities: Callable[[Any], list[str]],
     needs: Callable[[Any], list[tuple[str, Need]]] = _no_needs,
+    reads: Callable[[Any], list[tuple[str, str, str]]] = _no_reads,
 ) -> Callable[[EvaluatorRun], EvaluatorRun]:
     def wrap(run: EvaluatorRun) -> EvaluatorRun:
-        EVALUATORS.register(name, EvaluatorType(name, options, run, splits, modalities, needs))
+        EVALUATORS.register(name, EvaluatorType(name, options, run, splits, modalities, needs, reads))
         return run
 
     return wrap
@@ -206,11 +214,9 @@ def run_evaluations(
     """
     report = EvalReport()
     labels: set[str] = set()
-    for kind, options in evaluations:  # the frozen-embedding evaluations (knn, linear_probe) name their features
-        features, modality = getattr(options, "features", None), getattr(options, "modality", None)
-        if isinstance(features, str) and isinstance(modality, str):
-            for split in kind.splits(options):
-                ctx.features_of.setdefault((modality, split), set()).add(features)
+    for kind, options in evaluations:
+        for modality, split, features in kind.reads(options):
+            ctx.features_of.setdefault((modality, split), set()).add(features)
     for i, (kind, options) in enumerate(evaluations):
         label = evaluation_label(kind, options, labels)
         labels.add(label)

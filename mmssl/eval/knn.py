@@ -67,6 +67,7 @@ class KNNOptions(EvalOptions):
     splits=lambda o: [o.bank, o.query],
     modalities=lambda o: [o.modality],
     needs=lambda o: [(o.bank, "labels"), (o.query, "labels")],
+    reads=lambda o: [(o.modality, split, o.features) for split in (o.bank, o.query)],
 )
 def run_knn(options: KNNOptions, ctx: EvalContext) -> dict[str, float]:
     """Writes ``knn_top1`` and, per baseline, ``knn_top1_random_init`` / ``knn_top1_raw``."""

@@ -93,6 +93,7 @@ class LinearProbeOptions(EvalOptions):
     splits=lambda o: [o.train, o.test],
     modalities=lambda o: [o.modality],
     needs=lambda o: [(o.train, "labels"), (o.test, "labels")],
+    reads=lambda o: [(o.modality, split, o.features) for split in (o.train, o.test)],
 )
 def run_linear_probe(options: LinearProbeOptions, ctx: EvalContext) -> dict[str, float]:
     """Writes ``linear_probe_top1``, per baseline ``linear_probe_top1_random_init`` / ``linear_probe_top1_raw``,
