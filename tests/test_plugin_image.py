@@ -18,7 +18,7 @@ import mmssl_image
 from mmssl.encoders.transformer import TransformerEncoder
 from mmssl.modality import Capabilities, MaskedInput, ModalityBatch, Processor
 from mmssl_image import ImageOptions, ImageProcessor, build_encoder, build_processor, load_processor
-from mmssl_image.resnet import ResNetEncoder, pyramid_pool, visible_pixels
+from mmssl_image.resnet import ResNetEncoder, masked_group_norm, pyramid_pool, visible_pixels
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -323,6 +323,50 @@ def test_resnet_token_is_its_patch_cell() -> None:
     assert out.tokens.shape == (2, 16, 16)
     torch.testing.assert_close(out.tokens, expected, **F32)
     torch.testing.assert_close(out.pooled, expected.mean(1), **F32)
+
+
+def test_masked_group_norm_normalises_each_group_over_its_visible_positions() -> None:
+    """Statistics from the visible positions alone (gathered explicitly); hidden positions come out 0."""
+    g = torch.Generator().manual_seed(0)
+    norm = torch.nn.GroupNorm(2, 6)
+    torch.nn.init.normal_(norm.weight, generator=g)
+    torch.nn.init.normal_(norm.bias, generator=g)
+    x = torch.randn(2, 6, 5, 5, generator=g) * 3 + 1
+    visible = (torch.rand(2, 1, 5, 5, generator=g) < 0.4).float()
+    expected = torch.zeros_like(x)
+    for b in range(2):
+        seen = visible[b, 0].bool()
+        for group in range(2):
+            channels = slice(3 * group, 3 * group + 3)
+            values = x[b, channels][:, seen]
+            mean, var = values.mean(), values.var(unbiased=False)
+            normed = (x[b, channels] - mean) / torch.sqrt(var + norm.eps)
+            affine = normed * norm.weight[channels, None, None] + norm.bias[channels, None, None]
+            expected[b, channels] = affine * seen
+    with torch.no_grad():
+        torch.testing.assert_close(masked_group_norm(x, visible, norm), expected, **F32)
+        everything = torch.ones(2, 1, 5, 5)
+        torch.testing.assert_close(masked_group_norm(x, everything, norm), norm(x), **F32)
+
+
+def test_resnet_sparse_masking_leaves_hidden_patches_out() -> None:
+    """SparK's way: with every patch kept it is the plain forward; with some hidden, their cells stay 0 to the last
+    layer and their pixels do not matter. Zeroed pixels alone (sparse_masking false) let every cell fill in."""
+    encoder = build_encoder(tiny_options(encoder="resnet", image_size=16, patch_size=4)).eval()
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    keep = torch.tensor([[0, 2, 5, 7, 8, 13], [1, 3, 4, 6, 10, 15]])
+    hidden = 1 - visible_pixels(keep, 4, 4, (16, 16))
+    noise = 5 * hidden * torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        everything = encoder(ModalityBatch(images, keep=torch.arange(16).repeat(2, 1))).tokens
+        masked = encoder(ModalityBatch(images, keep=keep)).tokens
+        masked_noisy = encoder(ModalityBatch(images + noise, keep=keep)).tokens
+        filled = (encoder.sparse_feature_map(images, keep).flatten(2).abs().sum(1) > 0).float()
+        zeroed = encoder.feature_map(images * (1 - hidden))
+    torch.testing.assert_close(everything, encoder(ModalityBatch(images)).tokens, **F32)
+    torch.testing.assert_close(masked_noisy, masked, **F32)
+    assert torch.equal(filled, visible_pixels(keep, 4, 1, (4, 4)).flatten(1))
+    assert (zeroed.flatten(2).abs().sum(1) > 0).all()
 
 
 def _region_mean_loop(tokens: torch.Tensor, grid: int, n: int, visible: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,7 @@ def build_encoder(options: ImageOptions, processor: object | None = None) -> Tra
             options.patch_size,
             options.conv_blocks,
             tuple(options.pool_levels),
+            options.sparse_masking,
         )
     embedder = PatchEmbedder(options.channels, options.patch_size, options.image_size, options.width)
     return TransformerEncoder(

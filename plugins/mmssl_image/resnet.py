@@ -1,10 +1,11 @@
 """A small ResNet for small images: convolutions learn from little data where a ViT's patch tokens struggle.
 
 The encoder returns one token per cell of the patch grid (``image_size / patch_size`` per side), the same
-token order as ``mmssl_image.patches.patchify``, so masked objectives work unchanged: hidden patches are zeroed
-in the input (the normalised mean) before the convolutions, in the spirit of SparK's masked convolution, and
-only the kept cells are returned as tokens. The pooled embedding is the mean of the returned tokens, or with
-``pool_levels`` a spatial pyramid of region means (``pyramid_pool``).
+token order as ``mmssl_image.patches.patchify``, so masked objectives work unchanged. With ``sparse_masking``
+(SparK, Tian et al. 2023) a masked image is encoded as if its hidden patches were not there: they are 0 after
+every layer and left out of every GroupNorm's statistics; without it they are only zeroed in the input (the
+normalised mean). Only the kept cells are returned as tokens. The pooled embedding is the mean of the returned
+tokens, or with ``pool_levels`` a spatial pyramid of region means (``pyramid_pool``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,24 @@ def group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with up to 8 groups: per-sample statistics, so a row's embedding never depends on the other rows
     of its batch or on the process it runs on (batch norm would make DDP and single-process runs differ)."""
     return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+def masked_group_norm(x: Tensor, visible: Tensor, norm: nn.GroupNorm) -> Tensor:
+    """``norm`` with its statistics taken over the visible positions only (SparK's sparse normalisation); hidden
+    positions come out 0.
+
+    Shapes: x [B, C, H, W], visible [B, 1, H, W] (1 visible, 0 hidden) -> [B, C, H, W].
+    """
+    b, c = x.shape[:2]
+    groups = norm.num_groups
+    x = x * visible
+    grouped = x.reshape(b, groups, -1)
+    count = (visible.reshape(b, 1, -1).sum(-1, keepdim=True) * (c // groups)).clamp_min(1.0)
+    mean = grouped.sum(-1, keepdim=True) / count
+    var = (grouped.square().sum(-1, keepdim=True) / count - mean.square()).clamp_min(0.0)
+    scale = torch.rsqrt(var + norm.eps).expand(b, groups, c // groups).reshape(b, c) * norm.weight
+    shift = norm.bias - mean.expand(b, groups, c // groups).reshape(b, c) * scale
+    return torch.addcmul(shift[..., None, None], x, scale[..., None, None]) * visible
 
 
 class BasicBlock(nn.Module):
@@ -52,6 +71,19 @@ class BasicBlock(nn.Module):
         out = F.relu(self.norm1(self.conv1(x)))
         return F.relu(self.norm2(self.conv2(out)) + self.shortcut(x))
 
+    def forward_sparse(self, x: Tensor, visible: Tensor) -> Tensor:
+        """``forward`` of a masked input whose hidden positions stay 0 (``masked_group_norm``).
+
+        Shapes: x [B, C_in, H, W], visible [B, 1, H / stride, W / stride] -> [B, C_out, H / stride, W / stride].
+        """
+        out = F.relu(masked_group_norm(self.conv1(x), visible, self.norm1))
+        out = masked_group_norm(self.conv2(out), visible, self.norm2)
+        shortcut = x
+        if isinstance(self.shortcut, nn.Sequential):
+            conv, norm = self.shortcut
+            shortcut = masked_group_norm(conv(x), visible, norm)
+        return F.relu(out + shortcut) * visible
+
 
 class ResNetEncoder(nn.Module):
     """A three-stage ResNet whose feature map is pooled onto the patch grid.
@@ -68,6 +100,7 @@ class ResNetEncoder(nn.Module):
         blocks: Residual blocks per stage.
         pool_levels: Regions per side of each level of the pooled embedding (``pyramid_pool``); ``(1,)`` is the
             plain mean. The pooled width is ``pooled_width = width * sum(n ** 2)``.
+        sparse_masking: Encode masked images SparK's way (``sparse_feature_map``) rather than with zeroed pixels.
     """
 
     def __init__(
@@ -78,6 +111,7 @@ class ResNetEncoder(nn.Module):
         patch_size: int,
         blocks: int = 1,
         pool_levels: tuple[int, ...] = (1,),
+        sparse_masking: bool = True,
     ) -> None:
         super().__init__()
         if width % 4:
@@ -87,6 +121,7 @@ class ResNetEncoder(nn.Module):
         self.pool_levels = tuple(pool_levels)
         self.pooled_width = width * sum(n * n for n in self.pool_levels)
         self.patch_size = patch_size
+        self.sparse_masking = sparse_masking
         widths = [width // 4, width // 2, width]
         self.stem = nn.Sequential(
             nn.Conv2d(channels, widths[0], 3, 1, 1, bias=False), group_norm(widths[0]), nn.ReLU(inplace=True)
@@ -110,16 +145,37 @@ class ResNetEncoder(nn.Module):
         """
         return F.adaptive_avg_pool2d(self.stages(self.stem(images)), self.grid)
 
+    def sparse_feature_map(self, images: Tensor, keep: Tensor) -> Tensor:
+        """``feature_map`` of the kept patches alone: hidden ones are 0 after every layer and out of every norm's
+        statistics, so their pixels never reach the output.
+
+        Shapes: images [B, C, H, W], keep [B, K] -> [B, D, grid, grid].
+        """
+        visible = visible_pixels(keep, self.grid, self.patch_size, images.shape[-2:]).to(images)
+        conv, norm, _ = self.stem
+        x = F.relu(masked_group_norm(conv(images * visible), visible, norm))
+        for block in self.stages:
+            stride = block.conv1.stride[0]
+            size = (x.shape[-2] + stride - 1) // stride, (x.shape[-1] + stride - 1) // stride
+            x = block.forward_sparse(x, F.interpolate(visible, size=size, mode="nearest"))
+        return F.adaptive_avg_pool2d(x, self.grid)
+
     def forward(self, batch: ModalityBatch) -> EncoderOutput:
-        """Encode images; with ``batch.keep``, hidden patches are zeroed and only kept cells are returned.
+        """Encode images; with ``batch.keep``, hidden patches are left out (see ``sparse_masking``) and only kept
+        cells are returned.
 
         Shapes:
             batch.data [B, C, H, W], batch.keep [B, K] -> tokens [B, K or grid ** 2, D], pooled [B, D].
         """
         images = batch.data
-        if batch.keep is not None:
-            images = images * visible_pixels(batch.keep, self.grid, self.patch_size, images.shape[-2:]).to(images)
-        tokens = self.norm(self.feature_map(images).flatten(2).transpose(1, 2))
+        if batch.keep is None:
+            features = self.feature_map(images)
+        elif self.sparse_masking:
+            features = self.sparse_feature_map(images, batch.keep)
+        else:
+            visible = visible_pixels(batch.keep, self.grid, self.patch_size, images.shape[-2:]).to(images)
+            features = self.feature_map(images * visible)
+        tokens = self.norm(features.flatten(2).transpose(1, 2))
         pooled = pyramid_pool(tokens, self.grid, self.pool_levels, batch.keep)
         if batch.keep is not None:
             tokens = gather_tokens(tokens, batch.keep)
