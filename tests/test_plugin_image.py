@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from pydantic import ValidationError
-from tolerances import F32
+from tolerances import BF16, F32
 
 import mmssl_image
 from mmssl.encoders.transformer import TransformerEncoder
@@ -347,6 +347,9 @@ def test_masked_group_norm_normalises_each_group_over_its_visible_positions() ->
         torch.testing.assert_close(masked_group_norm(x, visible, norm), expected, **F32)
         everything = torch.ones(2, 1, 5, 5)
         torch.testing.assert_close(masked_group_norm(x, everything, norm), norm(x), **F32)
+        low = masked_group_norm(x.bfloat16(), visible, norm)  # statistics in float32, output in bfloat16
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), expected, **BF16)
 
 
 def test_resnet_sparse_masking_leaves_hidden_patches_out() -> None:

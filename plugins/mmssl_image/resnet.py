@@ -30,18 +30,20 @@ def masked_group_norm(x: Tensor, visible: Tensor, norm: nn.GroupNorm) -> Tensor:
     """``norm`` with its statistics taken over the visible positions only (SparK's sparse normalisation); hidden
     positions come out 0.
 
-    Shapes: x [B, C, H, W], visible [B, 1, H, W] (1 visible, 0 hidden) -> [B, C, H, W].
+    Shapes: x [B, C, H, W], visible [B, 1, H, W] (1 visible, 0 hidden) -> [B, C, H, W] in x's dtype (the
+    statistics are taken in float32, as ``nn.GroupNorm``'s under autocast).
     """
     b, c = x.shape[:2]
     groups = norm.num_groups
-    x = x * visible
-    grouped = x.reshape(b, groups, -1)
-    count = (visible.reshape(b, 1, -1).sum(-1, keepdim=True) * (c // groups)).clamp_min(1.0)
+    x = x * visible.to(x.dtype)
+    grouped = x.reshape(b, groups, -1).float()
+    count = (visible.reshape(b, 1, -1).float().sum(-1, keepdim=True) * (c // groups)).clamp_min(1.0)
     mean = grouped.sum(-1, keepdim=True) / count
     var = (grouped.square().sum(-1, keepdim=True) / count - mean.square()).clamp_min(0.0)
-    scale = torch.rsqrt(var + norm.eps).expand(b, groups, c // groups).reshape(b, c) * norm.weight
-    shift = norm.bias - mean.expand(b, groups, c // groups).reshape(b, c) * scale
-    return torch.addcmul(shift[..., None, None], x, scale[..., None, None]) * visible
+    scale = torch.rsqrt(var + norm.eps).expand(b, groups, c // groups).reshape(b, c) * norm.weight.float()
+    shift = norm.bias.float() - mean.expand(b, groups, c // groups).reshape(b, c) * scale
+    out = torch.addcmul(shift[..., None, None], x.float(), scale[..., None, None]) * visible
+    return out.to(x.dtype)
 
 
 class BasicBlock(nn.Module):
