@@ -76,6 +76,9 @@ class BasicBlock(nn.Module):
     def forward_sparse(self, x: Tensor, visible: Tensor) -> Tensor:
         """``forward`` of a masked input whose hidden positions stay 0 (``masked_group_norm``).
 
+        Both branches are 0 at hidden positions (the identity shortcut because ``x``, at the same resolution, is
+        already), so their sum needs no mask of its own.
+
         Shapes: x [B, C_in, H, W], visible [B, 1, H / stride, W / stride] -> [B, C_out, H / stride, W / stride].
         """
         out = F.relu(masked_group_norm(self.conv1(x), visible, self.norm1))
@@ -84,7 +87,7 @@ class BasicBlock(nn.Module):
         if isinstance(self.shortcut, nn.Sequential):
             conv, norm = self.shortcut
             shortcut = masked_group_norm(conv(x), visible, norm)
-        return F.relu(out + shortcut) * visible
+        return F.relu(out + shortcut)
 
 
 class ResNetEncoder(nn.Module):
