@@ -42,7 +42,7 @@ def masked_group_norm(x: Tensor, visible: Tensor, norm: nn.GroupNorm) -> Tensor:
     var = (grouped.square().sum(-1, keepdim=True) / count - mean.square()).clamp_min(0.0)
     scale = torch.rsqrt(var + norm.eps).expand(b, groups, c // groups).reshape(b, c) * norm.weight.float()
     shift = norm.bias.float() - mean.expand(b, groups, c // groups).reshape(b, c) * scale
-    out = torch.addcmul(shift[..., None, None], x.float(), scale[..., None, None]) * visible
+    out = torch.addcmul(shift[..., None, None], grouped.view(x.shape), scale[..., None, None]) * visible
     return out.to(x.dtype)
 
 
