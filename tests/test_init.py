@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from mmssl import init as init_module
 from mmssl.cli import app
 from mmssl.compiler import compile_recipe
 from mmssl.data.sources import SOURCES
@@ -90,7 +91,7 @@ def test_init_manifest_of_each_modality_validates(case: str, tmp_path: Path) -> 
     twice = 2 if modality == "image" else 1  # small images: pooled and feature-map read-outs
     assert names == (["knn", "linear_probe"] * twice if has_split else [])
     assert "# " in out.read_text()  # every choice is commented
-    # text from scratch points at the released-encoder route, which beat TF-IDF where scratch did not
+    # a text recipe names the other route (a released encoder, or text=none for from scratch)
     assert ("--encoder text=" in out.read_text()) == (modality == "text")
 
 
@@ -106,7 +107,10 @@ def test_init_splits_by_the_split_column(tmp_path: Path) -> None:
         assert len(rows.rows) == count and all(r["split"] == split for r in rows.rows)
 
 
-def test_init_paired_modalities_get_clip_and_distinct_metric_names(tmp_path: Path) -> None:
+def test_init_paired_modalities_get_clip_and_distinct_metric_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(init_module, "installed", lambda package: True)  # the released text default is text-only
     rows = [json.loads(line) for line in image_manifest(tmp_path).read_text().splitlines()]
     for i, row in enumerate(rows):
         row["caption"] = f"a small grey picture number {i} of something"
@@ -114,6 +118,7 @@ def test_init_paired_modalities_get_clip_and_distinct_metric_names(tmp_path: Pat
     compile_recipe(out, weights=False)
     tree = yaml.safe_load(out.read_text())
     assert set(tree["modalities"]) == {"image", "text"}
+    assert "encoder" not in tree["modalities"]["text"]  # both trained from scratch, aligned with CLIP
     assert {"name": "clip", "modalities": ["image", "text"], "weight": 1.0} in tree["objectives"]
     prefixes = [e["prefix"] for e in tree["evaluations"]]
     assert sorted(prefixes) == sorted(

