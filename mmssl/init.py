@@ -267,8 +267,8 @@ def _image_block(column: Column) -> list[str]:
     if resnet:
         cap = f"at most {RESNET_INIT_SIZE} for the ResNet on a CPU: docs/defaults.md#images"
         width = f"{RESNET_INIT_WIDTH}           # stages of 16, 32 and 64 channels; 128 was slower and no better"
-    else:
-        cap, width = "capped at 224", "128"
+    else:  # the ViT: 4 heads of 32 (its default of 3 heads does not divide width 128)
+        cap, width = "capped at 224", "128\n      depth: 4\n      heads: 4"
     return [
         f"    column: {column.name}",
         "    options:",

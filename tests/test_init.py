@@ -170,6 +170,7 @@ def test_init_reads_small_images_two_ways(tmp_path: Path) -> None:
         rows = [{"image": str(_png(tmp_path / f"big{side}_{i}.png", side)), "label": i % 2,
                  "split": "test" if i < 4 else "train"} for i in range(12)]
         out = init_manifest(write_rows(tmp_path / f"big{side}.jsonl", rows), tmp_path / f"big{side}.yaml")
+        compile_recipe(out, weights=False)  # the ViT's heads divide its width
         tree = yaml.safe_load(out.read_text())
         assert len(tree["evaluations"]) == expected
         assert tree["train"]["lr"] == (float(RESNET_LR) if side <= RESNET_MAX_SIZE else 1.0e-3)
