@@ -193,17 +193,28 @@ def _image_sizes(paths: list[Path]) -> dict[str, Any]:
 
 
 def _array_column(name: str, arrays: list[np.ndarray], path: bool, series: bool = False) -> Column:
-    """Arrays of rank 1 are univariate series; rank 2 [C, L] with few channels and long L are series; others are
+    """Arrays of rank 1 are univariate series; rank 2 [C, L] with few channels and long L are series, and so is
+    any rank-2 array whose values no image decodes from (neither 0..255 integers nor 0..1 floats); others are
     images ([H, W] or [H, W, C])."""
     ranks = {a.ndim for a in arrays}
     first = arrays[0]
-    if series or ranks == {1} or (ranks == {2} and first.shape[0] <= 16 and first.shape[1] >= 4 * first.shape[0]):
+    long = ranks == {2} and first.shape[0] <= 16 and first.shape[1] >= 4 * first.shape[0]
+    if series or ranks == {1} or long or (ranks == {2} and not all(map(_pixel_values, arrays))):
         channels = 1 if first.ndim == 1 else int(first.shape[0])
         lengths = [a.shape[-1] for a in arrays]
         return Column(name, "timeseries", {"channels": channels, "length": int(max(lengths)), "path": path})
     side = int(np.median([min(a.shape[:2]) for a in arrays]))
     channels = 1 if first.ndim == 2 or first.shape[-1] in (1, 2) else 3
     return Column(name, "image", {"side": side, "channels": channels, "path": path})
+
+
+def _pixel_values(array: np.ndarray) -> bool:
+    """Whether ``array`` holds values an image decodes from: integers in 0..255 or floats in [0, 1]."""
+    if array.size == 0 or not np.isfinite(array).all():
+        return False
+    low, high = float(array.min()), float(array.max())
+    integers = bool(np.all(array == np.round(array)))
+    return low >= 0 and (high <= 1 or (integers and high <= 255))
 
 
 def profile_rows(rows: list[dict[str, Any]], base: Path, class_names: list[str] | None = None) -> Profile:
@@ -648,7 +659,7 @@ def init_manifest(file: Path, output: Path, name: str | None = None, encoders: d
     file = file.resolve()
     rows = read_manifest_rows(file)
     profile = profile_rows(rows, file.parent)
-    path_columns = [c.name for c in profile.columns if c.sizes.get("path") or c.kind in ("image", "audio")]
+    path_columns = [c.name for c in profile.columns if c.sizes.get("path", c.kind in ("image", "audio"))]
     label = next((c.name for c in profile.columns if c.kind == "label"), None)
     split = next((c.name for c in profile.columns if c.kind == "split"), None)
     entry: dict[str, Any] = {"source": "manifest", "path": str(file)}

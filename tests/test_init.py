@@ -190,3 +190,20 @@ def test_init_skips_identifier_columns(tmp_path: Path) -> None:
     out = init_manifest(write_rows(tmp_path / "ids.jsonl", rows), tmp_path / "ids.yaml")
     compile_recipe(out, weights=False)
     assert list(yaml.safe_load(out.read_text())["modalities"]) == ["text"]
+
+
+def test_init_reads_inline_arrays_as_series_or_images_by_their_values(tmp_path: Path) -> None:
+    """Inline [6, 10] arrays of signed floats are a 6-channel series (no image decodes them); inline 8 x 8 arrays
+    of 0..255 integers are images. Neither is a path column, and both validate."""
+    rng = np.random.default_rng(2)
+    split = ["test" if i < 4 else "train" for i in range(12)]
+    series = [{"values": rng.normal(size=(6, 10)).tolist(), "label": i % 2, "split": split[i]} for i in range(12)]
+    pixels = [{"pixels": rng.integers(0, 256, (8, 8)).tolist(), "label": i % 2, "split": split[i]} for i in range(12)]
+    for name, rows, modality in (("series", series, "timeseries"), ("pixels", pixels, "image")):
+        out = init_manifest(write_rows(tmp_path / f"{name}.jsonl", rows), tmp_path / f"{name}.yaml")
+        compile_recipe(out, weights=False)  # the manifest loader would fail on a list marked as a path
+        tree = yaml.safe_load(out.read_text())
+        assert list(tree["modalities"]) == [modality]
+        assert "path_columns" not in tree["data"]["train"]
+    series_options = yaml.safe_load((tmp_path / "series.yaml").read_text())["modalities"]["timeseries"]["options"]
+    assert series_options["channels"] == 6

@@ -130,6 +130,20 @@ def test_decode_errors_name_the_value(tmp_path: Path) -> None:
         mmssl_image.decode_image(np.zeros((3, 4, 4, 2), dtype=np.uint8))
     with pytest.raises(TypeError, match="int"):
         mmssl_image.decode_image(42)
+    with pytest.raises(ValueError, match="nested list"):
+        mmssl_image.decode_image([[0, 1, 2], [3, 4]])  # ragged rows
+    with pytest.raises(ValueError, match=r"nested list of shape \(2, 2\).*\[0, 1\]"):
+        mmssl_image.decode_image([[-0.5, 0.2], [0.1, 0.3]])
+
+
+def test_decode_nested_lists_as_a_manifest_holds_them() -> None:
+    """A JSON manifest's inline pixels: integers 0..255 read as uint8, floats in [0, 1] as they are."""
+    grey = np.arange(0, 256, 16, dtype=np.uint8).reshape(4, 4)
+    from_ints = mmssl_image.decode_image(grey.tolist(), channels=1)
+    assert torch.equal(from_ints, mmssl_image.decode_image(grey, channels=1))
+    assert from_ints[0, 0, 1].item() == pytest.approx(16 / 255, rel=F32["rtol"])
+    fractions = [[0.0, 0.25], [0.5, 1.0]]
+    assert torch.equal(mmssl_image.decode_image(fractions, channels=1)[0], torch.tensor(fractions))
 
 
 # ------------------------------------------------------------------------------------ prepare / statistics

@@ -16,7 +16,7 @@ LUMA_601 = (0.299, 0.587, 0.114)
 
 _EXPECTED = (
     "a path to an image file or .npy file, encoded image bytes, a PIL image, "
-    "or a numpy array (H, W) / (H, W, C) of uint8 0..255 or float 0..1"
+    "or a numpy array or nested list (H, W) / (H, W, C) of uint8 0..255 or float 0..1"
 )
 
 
@@ -29,7 +29,8 @@ def decode_image(raw: Any, channels: int = 3) -> Tensor:
     Args:
         raw: A ``str``/``Path`` to a PIL-readable image or a ``.npy`` file, ``bytes`` of an encoded image, a
             ``PIL.Image.Image``, or a numpy array (H, W) / (H, W, C) with C in 1..4 (2 = grey + alpha,
-            4 = RGBA), dtype uint8 (0..255), bool, or float (0..1).
+            4 = RGBA), dtype uint8 (0..255), bool, or float (0..1); a nested list (a manifest's JSON array) is
+            read as uint8 when every value is an integer in 0..255 and above 1, as float otherwise.
         channels: Output channels, 1 or 3.
 
     Returns:
@@ -57,12 +58,26 @@ def decode_image(raw: Any, channels: int = 3) -> Tensor:
     elif isinstance(raw, np.ndarray):
         array = raw
         what = f"array of shape {raw.shape} and dtype {raw.dtype}"
+    elif isinstance(raw, list | tuple):  # a manifest's inline JSON array
+        array = _from_nested_list(raw)
+        what = f"nested list of shape {array.shape}"
     else:
         raise TypeError(f"cannot decode an image from {type(raw).__name__}: expected {_EXPECTED}")
     pixels = _to_float_hwc(array, what)
     pixels = _composite_alpha(pixels)
     pixels = _convert_channels(pixels, channels)
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32))
+
+
+def _from_nested_list(raw: list | tuple) -> np.ndarray:
+    """A nested list of numbers as an array: uint8 when every value is an integer in 0..255, float otherwise."""
+    try:
+        array = np.asarray(raw, dtype=np.float64)
+    except ValueError as err:  # ragged rows, or values that are not numbers
+        raise ValueError(f"cannot decode an image from a nested list: {err}") from err
+    if array.size and np.all(array == np.round(array)) and array.min() >= 0 and array.max() > 1 and array.max() <= 255:
+        return array.astype(np.uint8)
+    return array
 
 
 def _read_path(path: Path) -> np.ndarray:
