@@ -418,6 +418,25 @@ def test_ucr_uea_source(name: str, rows: tuple[int, int], shape: tuple[int, int]
     assert out.tokens.shape == (7, shape[0] * shape[1] // 10, 16) and torch.isfinite(out.pooled).all()
 
 
+def test_ucr_uea_unequal_length_archive_keeps_each_series_length() -> None:
+    """JapaneseVowels (bundled with sktime): 270 / 370 rows of 12 channels and 7 to 29 steps, which sktime cannot
+    stack into one array; each row keeps its own length, and a batch pads to its longest series."""
+    from mmssl.data.sources import SOURCES
+
+    kind = SOURCES.get("ucr_uea")
+    train = kind.load(kind.options(name="JapaneseVowels", split="train"), ROOT)
+    assert len(train) == 270 and len(train.class_names) == 9
+    lengths = [row["series"].shape[1] for row in train.rows]
+    assert {row["series"].shape[0] for row in train.rows} == {12} and min(lengths) == 7 and max(lengths) == 26
+    assert all(row["series"].dtype == np.float32 and np.isfinite(row["series"]).all() for row in train.rows)
+    assert len(kind.load(kind.options(name="JapaneseVowels", split="test"), ROOT)) == 370
+
+    options = tiny_options(channels=12, patch_len=2, max_length=30)
+    rows = [train.rows[lengths.index(7)]["series"], train.rows[lengths.index(26)]["series"]]
+    batch = batch_of(ts.build_processor(options), rows)
+    assert batch.data["values"].shape == (2, 12, 26) and batch.padding_mask is not None
+
+
 def test_ucr_uea_unknown_name_is_a_clear_error() -> None:
     from mmssl.data.sources import SOURCES
 

@@ -12,6 +12,9 @@ BasicMotions  40     40     6 x 100
 OSULeaf       200    242    1 x 427
 ACSF1         100    100    1 x 1460
 ============  =====  =====  ============
+
+Unequal-length archives (JapaneseVowels: 12 channels x 7 to 29 steps; PLAID) load too: each row keeps its own
+length, and the series plugin pads a batch to its longest series.
 """
 
 from __future__ import annotations
@@ -30,24 +33,33 @@ class UCRUEAOptions(SourceOptions):
     split: Literal["train", "test"] = Field("train", description="Official split.")
 
 
-def load_arrays(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """One split as sktime gives it.
+def load_arrays(name: str, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """One split as sktime gives it: equal-length archives as one 3-D array, unequal-length ones (JapaneseVowels,
+    PLAID, ...) as one table per series, which sktime cannot stack.
 
     Returns:
-        X float32 [rows, C, L] (NaN-padded at the end for unequal lengths), y string labels [rows].
+        X: one float32 [C, L_i] array per row (L_i varies in an unequal-length archive); y: string labels [rows].
     """
     try:
         from sktime.datasets import load_UCR_UEA_dataset
     except ImportError as err:
         raise ImportError("the ucr_uea source needs sktime: pip install 'mmssl[timeseries]'") from err
     try:
-        x, y = load_UCR_UEA_dataset(name, split=split, return_X_y=True, return_type="numpy3D")
+        try:
+            x, y = load_UCR_UEA_dataset(name, split=split, return_X_y=True, return_type="numpy3D")
+            series = list(np.asarray(x, dtype=np.float32))
+        except ValueError as unequal:  # "all input arrays must have the same shape"
+            if "same shape" not in str(unequal):
+                raise
+            tables, y = load_UCR_UEA_dataset(name, split=split, return_X_y=True, return_type="df-list")
+            series = [np.ascontiguousarray(t.to_numpy(dtype=np.float32).T) for t in tables]  # [L, C] -> [C, L]
     except Exception as err:
         raise ValueError(
             f"ucr_uea: cannot load {name!r} ({split}) with sktime: {type(err).__name__}: {err}; bundled names "
-            "load offline (GunPoint, BasicMotions, OSULeaf, ACSF1, ...), others need a download"
+            "load offline (GunPoint, BasicMotions, OSULeaf, ACSF1, JapaneseVowels, PLAID, ...), others need a "
+            "download"
         ) from err
-    return np.asarray(x, dtype=np.float32), np.asarray(y).astype(str)
+    return series, np.asarray(y).astype(str)
 
 
 @lru_cache(maxsize=32)
