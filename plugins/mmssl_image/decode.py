@@ -70,7 +70,8 @@ def decode_image(raw: Any, channels: int = 3) -> Tensor:
 
 
 def _from_nested_list(raw: list | tuple) -> np.ndarray:
-    """A nested list of numbers as an array: uint8 when every value is an integer in 0..255, float otherwise."""
+    """A nested list of numbers as an array: uint8 when every value is an integer in 0..255 and one is above 1
+    (0..255 pixels), float otherwise (0..1 pixels, checked by the caller)."""
     try:
         array = np.asarray(raw, dtype=np.float64)
     except ValueError as err:  # ragged rows, or values that are not numbers
