@@ -465,3 +465,44 @@ def test_dilated_encoder_tokens_are_channel_patches_and_ignore_hidden_patches() 
         torch.testing.assert_close(encoder(ModalityBatch({"values": noisy}, keep=keep)).tokens, masked.tokens, **F32)
         noisy[:, 1, 4:8] += 5.0  # patch 1 of channel 1 (token 5) is kept
         assert not torch.allclose(encoder(ModalityBatch({"values": noisy}, keep=keep)).tokens, masked.tokens)
+
+
+def test_channel_means_match_a_loop_with_keep_and_padding() -> None:
+    from mmssl_timeseries.encoder import channel_means
+
+    torch.manual_seed(0)
+    b, c, n, d, k = 3, 4, 5, 6, 9
+    full = torch.randn(b, c * n, d)
+    keep = torch.stack([torch.randperm(c * n)[:k] for _ in range(b)])
+    tokens = torch.gather(full, 1, keep[..., None].expand(-1, -1, d))
+    padding = torch.rand(b, k) < 0.3
+    expected = torch.zeros(b, c, d)
+    for row in range(b):
+        for channel in range(c):
+            chosen = [j for j in range(k) if int(keep[row, j]) // n == channel and not padding[row, j]]
+            if chosen:
+                expected[row, channel] = tokens[row, chosen].mean(0)
+    torch.testing.assert_close(channel_means(tokens, padding, keep, c, n), expected.flatten(1), **F32)
+    torch.testing.assert_close(
+        channel_means(full, None, None, c, n), full.view(b, c, n, d).mean(2).flatten(1), **F32
+    )
+
+
+def test_pool_channels_gives_one_mean_per_channel_and_works_with_masking() -> None:
+    options = tiny_options(channels=3, pool="channels")
+    processor = ts.build_processor(options)
+    encoder = ts.build_encoder(options, processor).eval()
+    batch = batch_of(processor, [random_series(3, 40, seed) for seed in range(2)])
+    with torch.no_grad():
+        out = encoder(batch)
+    assert encoder.pooled_width == 3 * 16 and out.pooled.shape == (2, 48)
+    torch.testing.assert_close(out.pooled, out.tokens.view(2, 3, 10, 16).mean(2).flatten(1), **F32)
+    masked = processor.mask(batch, 0.5, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        kept = encoder(masked.batch)
+    assert kept.pooled.shape == (2, 48) and torch.isfinite(kept.pooled).all()
+
+
+def test_pool_channels_is_refused_for_the_dilated_encoder() -> None:
+    with pytest.raises(ValidationError, match="pool: channels is for encoder: transformer"):
+        tiny_options(pool="channels", encoder="dilated")

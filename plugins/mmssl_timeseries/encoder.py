@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mmssl.encoders.transformer import TransformerEncoder, sincos_positions
+from mmssl.modality import EncoderOutput, ModalityBatch
 from mmssl_timeseries.options import TimeSeriesOptions
 from mmssl_timeseries.patches import patchify
 
@@ -69,6 +70,57 @@ class TokenEmbedder(nn.Module):
         return x.reshape(b, c * n, self.width), None
 
 
+def channel_means(tokens: Tensor, padding: Tensor | None, index: Tensor | None, channels: int, n: int) -> Tensor:
+    """The mean of each channel's (kept, non-padding) tokens, concatenated channel by channel.
+
+    Args:
+        tokens: Encoder output tokens (kept ones only when ``index`` is given).
+        padding: True on padding tokens, or None.
+        index: Position of each token in the full channel-major order (``batch.keep``), or None for all of them.
+        channels: Channels C.
+        n: Patches per channel in the full order.
+
+    Shapes:
+        tokens [B, K, D], padding [B, K], index [B, K] -> [B, C * D] (a channel with no token gives 0).
+    """
+    b, k, d = tokens.shape
+    position = torch.arange(k, device=tokens.device).expand(b, k) if index is None else index
+    owner = torch.div(position, n, rounding_mode="floor")  # [B, K] channel of each token
+    weight = torch.ones(b, k, dtype=tokens.dtype, device=tokens.device)
+    if padding is not None:
+        weight = weight * (~padding).to(tokens.dtype)
+    one_hot = torch.nn.functional.one_hot(owner, channels).to(tokens.dtype) * weight[..., None]  # [B, K, C]
+    sums = one_hot.transpose(1, 2) @ tokens  # [B, C, D]
+    counts = one_hot.sum(1)[..., None]  # [B, C, 1]
+    return (sums / counts.clamp_min(1.0)).flatten(1)
+
+
+class ChannelPooledEncoder(nn.Module):
+    """``TransformerEncoder`` (mean pooling) whose pooled embedding keeps one mean per channel (``pool: channels``).
+
+    Attributes:
+        pooled_width: ``channels * width``.
+    """
+
+    def __init__(self, encoder: TransformerEncoder, channels: int, patch_len: int) -> None:
+        super().__init__()
+        self.encoder, self.channels, self.patch_len = encoder, channels, patch_len
+        self.width = encoder.width
+        self.pooled_width = channels * encoder.width
+
+    def forward(self, batch: ModalityBatch) -> EncoderOutput:
+        out = self.encoder(batch)
+        n = series_values(batch.data).shape[-1] // self.patch_len
+        pooled = channel_means(out.tokens, out.padding_mask, batch.keep, self.channels, n)
+        return EncoderOutput(tokens=out.tokens, pooled=pooled, padding_mask=out.padding_mask)
+
+    def forward_layers(self, batch: ModalityBatch) -> list[Tensor]:
+        return self.encoder.forward_layers(batch)
+
+    def layer_stack(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        return self.encoder.layer_stack()
+
+
 def build_encoder(options: TimeSeriesOptions, processor: object | None = None) -> nn.Module:
     """``TransformerEncoder(TokenEmbedder(...), width, depth, heads, ...)`` for ``options``, or the dilated
     convolutional encoder (``encoder: dilated``, ``mmssl_timeseries.dilated``).
@@ -89,7 +141,9 @@ def build_encoder(options: TimeSeriesOptions, processor: object | None = None) -
         heads=options.heads,
         mlp_ratio=options.mlp_ratio,
         dropout=options.dropout,
-        pool=options.pool,
+        pool="mean" if options.pool == "channels" else options.pool,
     )
     embedder.reset_parameters()  # TransformerEncoder re-initialises every Linear; patches get Xavier (as MAE)
+    if options.pool == "channels":
+        return ChannelPooledEncoder(encoder, options.channels, options.patch_len)
     return encoder

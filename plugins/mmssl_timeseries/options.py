@@ -56,7 +56,11 @@ class TimeSeriesOptions(BaseModel):
     heads: int = Field(4, gt=0, description="Attention heads; must divide width.")
     mlp_ratio: float = Field(4.0, gt=0, description="Hidden width of each block's MLP relative to width.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the transformer blocks.")
-    pool: Literal["cls", "mean"] = Field("mean", description="Pooled embedding: class token or mean of tokens.")
+    pool: Literal["cls", "mean", "channels"] = Field(
+        "mean",
+        description="Pooled embedding: class token, mean of all tokens, or channels: the mean of each channel's "
+        "tokens, concatenated (channels x width numbers; the transformer only).",
+    )
 
     # Augmentation (random views), applied to the normalised series.
     jitter_sigma: float = Field(0.05, ge=0.0, description="Std of the Gaussian noise added to every value.")
@@ -89,6 +93,8 @@ class TimeSeriesOptions(BaseModel):
             raise ValueError(f"patch_len {self.patch_len} is longer than max_length {self.max_length}")
         if self.norm_patch_targets and self.patch_len < 2:
             raise ValueError("norm_patch_targets needs patch_len >= 2 (a patch's variance over one value is undefined)")
+        if self.pool == "channels" and self.encoder != "transformer":
+            raise ValueError(f"pool: channels is for encoder: transformer; the {self.encoder} encoder pools the mean")
         if self.encoder == "transformer" and self.width % self.heads:
             raise ValueError(f"heads {self.heads} must divide width {self.width}")
         if self.width % 2:
