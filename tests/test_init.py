@@ -68,7 +68,7 @@ def smiles_manifest(folder: Path) -> Path:
 CASES = {
     "image": (image_manifest, "image", {"image_size": 20, "channels": 1}),
     "audio": (audio_manifest, "audio", {}),
-    "timeseries": (series_manifest, "timeseries", {"channels": 3, "max_length": 50}),
+    "timeseries": (series_manifest, "timeseries", {"channels": 3, "max_length": 50, "pool": "channels"}),
     "text": (text_manifest, "text", {}),
     "graph": (smiles_manifest, "graph", {}),
 }
@@ -206,4 +206,7 @@ def test_init_reads_inline_arrays_as_series_or_images_by_their_values(tmp_path: 
         assert list(tree["modalities"]) == [modality]
         assert "path_columns" not in tree["data"]["train"]
     series_options = yaml.safe_load((tmp_path / "series.yaml").read_text())["modalities"]["timeseries"]["options"]
-    assert series_options["channels"] == 6
+    assert series_options["channels"] == 6 and series_options["pool"] == "channels"  # one mean per channel
+    single = [{"values": rng.normal(size=40).tolist(), "label": i % 2, "split": split[i]} for i in range(12)]
+    out = init_manifest(write_rows(tmp_path / "single.jsonl", single), tmp_path / "single.yaml")
+    assert yaml.safe_load(out.read_text())["modalities"]["timeseries"]["options"]["pool"] == "mean"  # one channel
