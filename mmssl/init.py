@@ -277,9 +277,13 @@ def _image_block(column: Column) -> list[str]:
     resnet = _resnet(column)
     if resnet:
         cap = f"at most {RESNET_INIT_SIZE} for the ResNet on a CPU: docs/defaults.md#images"
-        width = f"{RESNET_INIT_WIDTH}           # stages of 16, 32 and 64 channels; 128 was slower and no better"
+        encoder_lines = [
+            f"      width: {RESNET_INIT_WIDTH}           # stages of 16, 32 and 64 channels; "
+            "128 was slower and no better"
+        ]
     else:  # the ViT: 4 heads of 32 (its default of 3 heads does not divide width 128)
-        cap, width = "capped at 224", "128\n      depth: 4\n      heads: 4"
+        cap = "capped at 224"
+        encoder_lines = ["      width: 128", "      depth: 4", "      heads: 4"]
     return [
         f"    column: {column.name}",
         "    options:",
@@ -287,7 +291,7 @@ def _image_block(column: Column) -> list[str]:
         f"      patch_size: {patch}        # {(size // patch) ** 2} patch tokens",
         f"      channels: {channels}          # {'greyscale' if channels == 1 else 'colour'} images",
         "      encoder: auto       # a ResNet up to 64 px (learns fast from small data), a ViT above",
-        f"      width: {width}",
+        *encoder_lines,
         "      crop_scale: [0.35, 1.0]",
         "      flip: false         # mirrored digits, text or scans can be another class; set true for photos",
         *([RESNET_POOL_LINE] if resnet else []),
@@ -308,11 +312,9 @@ def _series_block(column: Column) -> list[str]:
         "      width: 64",
         "      depth: 3",
         "      heads: 4",
-        *(
-            ["      pool: channels       # one mean per channel: JapaneseVowels kNN 0.651 -> 0.938 (docs/defaults.md)"]
-            if channels > 1
-            else ["      pool: mean"]
-        ),
+        "      pool: channels       # one mean per channel: JapaneseVowels kNN 0.651 -> 0.938 (docs/defaults.md)"
+        if channels > 1
+        else "      pool: mean",
         "      crop_scale: [0.8, 1.0] # mild crops, on 3 in 10 views: stronger ones (0.7-1, on 8 in 10) lost 3 to 4",
         "      crop_p: 0.3          # points of kNN and probe over six UCR/UEA sets (docs/defaults.md#time-series)",
     ]
