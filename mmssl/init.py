@@ -39,6 +39,12 @@ RESNET_MAX_STEPS = 1000
 #: Learning rate of that recipe: the ResNet learns far faster at 1e-2 than at the transformers' 1e-3 (pooled k-NN
 #: on four image sets, docs/defaults.md#images).
 RESNET_LR = "1.0e-2"
+#: Largest side init gives images the ViT encodes (above RESNET_MAX_SIZE), and the most steps of such a recipe: on
+#: 2 CPU threads a SimCLR step of 256 images at 128 px (64 tokens) takes about 2.6 s and at 224 px (196 tokens)
+#: about 9 s, so 224 px at 50 epochs of a 10k-image folder would train for about 5 hours. 128 px and 300 steps
+#: (50 epochs of 1,536 rows) keep the starter recipe near 13 minutes there (docs/defaults.md#images).
+VIT_INIT_SIZE = 128
+VIT_MAX_STEPS = 300
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
@@ -255,10 +261,10 @@ def profile_rows(rows: list[dict[str, Any]], base: Path, class_names: list[str] 
 
 
 def _image_size(column: Column) -> tuple[int, int]:
-    """(image_size, patch_size) for an image column: the median side capped at 224, a patch that divides it; a
-    size the ResNet would encode (at most RESNET_MAX_SIZE) is capped at RESNET_INIT_SIZE."""
+    """(image_size, patch_size) for an image column: the median side capped at VIT_INIT_SIZE, a patch that divides
+    it; a size the ResNet would encode (at most RESNET_MAX_SIZE) is capped at RESNET_INIT_SIZE."""
     side = column.sizes["side"]
-    size = min(side, 224) if side >= 16 else 16
+    size = min(side, VIT_INIT_SIZE) if side >= 16 else 16
     patch = 4 if size <= 32 else (8 if size <= 64 else 16)
     size -= size % patch
     if RESNET_INIT_SIZE < size <= RESNET_MAX_SIZE:
@@ -282,7 +288,7 @@ def _image_block(column: Column) -> list[str]:
             "128 was slower and no better"
         ]
     else:  # the ViT: 4 heads of 32 (its default of 3 heads does not divide width 128)
-        cap = "capped at 224"
+        cap = f"at most {VIT_INIT_SIZE} for the ViT on a CPU: docs/defaults.md#images"
         encoder_lines = ["      width: 128", "      depth: 4", "      heads: 4"]
     return [
         f"    column: {column.name}",
@@ -493,6 +499,9 @@ def recipe_text(
     if resnet_only:  # docs/defaults.md#images: 602 x 128 on Noto emoji, about 6 minutes on one thread
         batch = min(batch, RESNET_BATCH)
         steps = _budget_steps(epochs, train_rows, batch, 200, RESNET_MAX_STEPS)
+    vit_capped = any(c.kind == "image" and not _resnet(c) for c in inputs) and steps > VIT_MAX_STEPS
+    if vit_capped:  # a ViT step costs seconds on a CPU
+        steps = VIT_MAX_STEPS
     adapting = bool(released) and len(released) == len(inputs)  # every modality starts from a released encoder
     lines = [
         f"# Starter recipe written by `mmssl init {origin}`: edit freely, then",
@@ -581,7 +590,8 @@ def recipe_text(
         lines += [
             "",
             "train:",
-            f"  steps: {steps}         # about {epochs_run} epochs of {train_rows} rows",
+            f"  steps: {steps}         # about {epochs_run} epochs of {train_rows} rows"
+            + (f" (at most {VIT_MAX_STEPS} for a ViT on a CPU: docs/defaults.md#images)" if vit_capped else ""),
             f"  batch_size: {batch}",
             lr,
             "  weight_decay: 0.05",

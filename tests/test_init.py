@@ -176,6 +176,22 @@ def test_init_reads_small_images_two_ways(tmp_path: Path) -> None:
         assert tree["train"]["lr"] == (float(RESNET_LR) if side <= RESNET_MAX_SIZE else 1.0e-3)
 
 
+def test_init_caps_the_vit_size_and_budget_on_a_cpu(tmp_path: Path) -> None:
+    """Large images get the ViT at VIT_INIT_SIZE, not their own side, and at most VIT_MAX_STEPS steps (50 epochs
+    of these 56 training rows at batch 8 would be 350)."""
+    from mmssl.init import VIT_INIT_SIZE, VIT_MAX_STEPS
+
+    rows = [{"image": str(_png(tmp_path / f"{i}.png", 300)), "label": i % 2, "split": "test" if i < 4 else "train"}
+            for i in range(60)]
+    out = init_manifest(write_rows(tmp_path / "photos.jsonl", rows), tmp_path / "photos.yaml")
+    compile_recipe(out, weights=False)
+    tree = yaml.safe_load(out.read_text())
+    options = tree["modalities"]["image"]["options"]
+    assert (options["image_size"], options["patch_size"], options["encoder"]) == (VIT_INIT_SIZE, 16, "auto")
+    assert (tree["train"]["batch_size"], tree["train"]["steps"]) == (8, VIT_MAX_STEPS)
+    assert f"at most {VIT_MAX_STEPS} for a ViT" in out.read_text()
+
+
 def _png(path: Path, side: int) -> Path:
     Image.fromarray(np.full((side, side), 90, dtype=np.uint8)).save(path)
     return path
