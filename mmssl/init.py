@@ -45,6 +45,17 @@ RESNET_LR = "1.0e-2"
 #: (50 epochs of 1,536 rows) keep the starter recipe near 13 minutes there (docs/defaults.md#images).
 VIT_INIT_SIZE = 128
 VIT_MAX_STEPS = 300
+#: Most tokens init gives one series (channels x patches per channel): longer or wider series get longer patches
+#: (ACSF1's 1 x 1460 steps keeps 92 tokens, a 64 x 3000 EEG recording gets 8 patches of 375 steps per channel).
+SERIES_MAX_TOKENS = 512
+#: ``pool: channels`` up to this many channels (16 x width 64 = 1,024 numbers); wider series pool the mean.
+SERIES_MAX_POOLED_CHANNELS = 16
+#: Seconds of one series training step (SimCLR + MAE, width 64, depth 3) per token and per value of its batch,
+#: fitted on two CPU threads (256 series of 1 x 1460 values in 92 tokens: 1.05 s a step, 256 of 6 x 500 in 192
+#: tokens: 2.3 s, 64 of 40 x 600 in 480 tokens: 2.0 s), and the training time a series recipe is capped at.
+SERIES_TOKEN_SECONDS = 40e-9
+SERIES_VALUE_SECONDS = 0.4e-6
+SERIES_MAX_SECONDS = 900
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
@@ -304,23 +315,42 @@ def _image_block(column: Column) -> list[str]:
     ]
 
 
-def _series_block(column: Column) -> list[str]:
+def _series_patch(column: Column) -> tuple[int, int, bool]:
+    """(patch_len, tokens per series, widened) for a series column: about 12 patches of at most 16 steps per
+    channel, or longer patches (widened) where those would give more than SERIES_MAX_TOKENS tokens."""
     channels, length = column.sizes["channels"], column.sizes["length"]
     patch = max(2, min(16, length // 12))
+    widened = channels * -(-length // patch) > SERIES_MAX_TOKENS
+    if widened:
+        patch = max(patch, -(-length // max(1, SERIES_MAX_TOKENS // channels)))
+    return patch, channels * -(-length // patch), widened
+
+
+def _series_block(column: Column) -> list[str]:
+    channels, length = column.sizes["channels"], column.sizes["length"]
+    patch, tokens, widened = _series_patch(column)
+    if widened:
+        patch_note = f"{tokens // channels} per channel, {tokens} tokens: patches widened toward {SERIES_MAX_TOKENS}"
+    else:
+        patch_note = f"{tokens // channels} tokens per channel"
+    if channels > SERIES_MAX_POOLED_CHANNELS:
+        pool = f"      pool: mean           # pool: channels would give {channels} x width numbers"
+    elif channels > 1:
+        pool = "      pool: channels       # one mean per channel: JapaneseVowels kNN 0.651 -> 0.938 (docs/defaults.md)"
+    else:
+        pool = "      pool: mean"
     return [
         f"    column: {column.name}",
         "    options:",
         f"      channels: {channels}",
         f"      max_length: {length}      # longest series seen",
-        f"      patch_len: {patch}        # {-(-length // patch)} tokens per channel",
+        f"      patch_len: {patch}        # {patch_note}",
         "      instance_norm: false # keep each series' level and scale (they often carry the class) ...",
         "      dataset_norm: true   # ... on one scale: per-channel mean/std of the training set",
         "      width: 64",
         "      depth: 3",
         "      heads: 4",
-        "      pool: channels       # one mean per channel: JapaneseVowels kNN 0.651 -> 0.938 (docs/defaults.md)"
-        if channels > 1
-        else "      pool: mean",
+        pool,
         "      crop_scale: [0.8, 1.0] # mild crops, on 3 in 10 views: stronger ones (0.7-1, on 8 in 10) lost 3 to 4",
         "      crop_p: 0.3          # points of kNN and probe over six UCR/UEA sets (docs/defaults.md#time-series)",
     ]
@@ -502,6 +532,16 @@ def recipe_text(
     vit_capped = any(c.kind == "image" and not _resnet(c) for c in inputs) and steps > VIT_MAX_STEPS
     if vit_capped:  # a ViT step costs seconds on a CPU
         steps = VIT_MAX_STEPS
+    series = [c for c in inputs if c.kind == "timeseries"]
+    series_tokens = sum(_series_patch(c)[1] for c in series)
+    row_seconds = sum(
+        _series_patch(c)[1] * SERIES_TOKEN_SECONDS + c.sizes["channels"] * c.sizes["length"] * SERIES_VALUE_SECONDS
+        for c in series
+    )
+    series_steps = int(SERIES_MAX_SECONDS / (batch * row_seconds)) if series else steps
+    series_capped = series_steps < steps
+    if series_capped:  # long or wide series: about SERIES_MAX_SECONDS of training on two CPU threads
+        steps = max(50, series_steps)
     adapting = bool(released) and len(released) == len(inputs)  # every modality starts from a released encoder
     lines = [
         f"# Starter recipe written by `mmssl init {origin}`: edit freely, then",
@@ -591,7 +631,13 @@ def recipe_text(
             "",
             "train:",
             f"  steps: {steps}         # about {epochs_run} epochs of {train_rows} rows"
-            + (f" (at most {VIT_MAX_STEPS} for a ViT on a CPU: docs/defaults.md#images)" if vit_capped else ""),
+            + (f" (at most {VIT_MAX_STEPS} for a ViT on a CPU: docs/defaults.md#images)" if vit_capped else "")
+            + (
+                f" (capped: about {SERIES_MAX_SECONDS // 60} minutes of {series_tokens}-token series on two CPU "
+                "threads, docs/defaults.md#time-series)"
+                if series_capped
+                else ""
+            ),
             f"  batch_size: {batch}",
             lr,
             "  weight_decay: 0.05",

@@ -226,3 +226,28 @@ def test_init_reads_inline_arrays_as_series_or_images_by_their_values(tmp_path: 
     single = [{"values": rng.normal(size=40).tolist(), "label": i % 2, "split": split[i]} for i in range(12)]
     out = init_manifest(write_rows(tmp_path / "single.jsonl", single), tmp_path / "single.yaml")
     assert yaml.safe_load(out.read_text())["modalities"]["timeseries"]["options"]["pool"] == "mean"  # one channel
+
+
+def test_init_bounds_the_tokens_and_training_time_of_long_wide_series(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 channels x 600 steps would be 40 x 38 tokens at the usual patch of 16: the patch grows to 50 steps (12
+    per channel, 480 tokens), the pooled embedding is the mean (40 x width would be too wide), and the steps come
+    from the time budget: seconds / (batch x (tokens x seconds per token + values x seconds per value))."""
+    rng = np.random.default_rng(3)
+    rows = [{"values": rng.normal(size=(40, 600)).round(2).tolist(), "label": i % 2,
+             "split": "test" if i < 4 else "train"} for i in range(20)]
+    manifest = write_rows(tmp_path / "eeg.jsonl", rows)
+    out = init_manifest(manifest, tmp_path / "eeg.yaml")
+    compile_recipe(out, weights=False)
+    tree = yaml.safe_load(out.read_text())
+    options = tree["modalities"]["timeseries"]["options"]
+    assert (options["patch_len"], options["pool"]) == (50, "mean")
+    assert init_module.SERIES_MAX_TOKENS >= 40 * 12
+    assert tree["train"]["steps"] == 200 and "capped" not in out.read_text()  # 200: the floor of a small set
+    batch = tree["train"]["batch_size"]
+    row_seconds = 480 * init_module.SERIES_TOKEN_SECONDS + 40 * 600 * init_module.SERIES_VALUE_SECONDS
+    monkeypatch.setattr(init_module, "SERIES_MAX_SECONDS", 120.5 * batch * row_seconds)
+    out = init_manifest(manifest, tmp_path / "eeg_capped.yaml")
+    assert yaml.safe_load(out.read_text())["train"]["steps"] == 120
+    assert "480-token series" in out.read_text()
