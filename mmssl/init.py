@@ -50,12 +50,18 @@ VIT_MAX_STEPS = 300
 SERIES_MAX_TOKENS = 512
 #: ``pool: channels`` up to this many channels (16 x width 64 = 1,024 numbers); wider series pool the mean.
 SERIES_MAX_POOLED_CHANNELS = 16
-#: Seconds of one series training step (SimCLR + MAE, width 64, depth 3) per token and per value of its batch,
-#: fitted on two CPU threads (256 series of 1 x 1460 values in 92 tokens: 1.05 s a step, 256 of 6 x 500 in 192
-#: tokens: 2.3 s, 64 of 40 x 600 in 480 tokens: 2.0 s), and the training time a series recipe is capped at.
+#: The training time a from-scratch series or audio recipe is capped at, from the cost models below (seconds of a
+#: SimCLR + MAE training step per row of its batch on two CPU threads, 12-step runs of init's recipes, alone).
+MAX_TRAIN_SECONDS = 900
+#: Series (width 64, depth 3): per token and per value (256 series of 1 x 1460 values in 92 tokens: 1.05 s a step,
+#: 256 of 6 x 500 in 192 tokens: 2.3 s, 64 of 40 x 600 in 480 tokens: 2.0 s).
 SERIES_TOKEN_SECONDS = 40e-9
 SERIES_VALUE_SECONDS = 0.4e-6
-SERIES_MAX_SECONDS = 900
+#: Audio (width 96, depth 2): per clip and per second of it, up to the plugin's max_seconds of 4 (256 clips of 1 s:
+#: 1.3 s a step, of 4 s: 3.0 s).
+AUDIO_CLIP_SECONDS = 2.9e-3
+AUDIO_SECOND_SECONDS = 2.2e-3
+AUDIO_MAX_SECONDS = 4.0
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
@@ -139,7 +145,7 @@ def classify(name: str, values: list[Any], base: Path) -> Column | None:
         if suffixes <= IMAGE_SUFFIXES:
             return Column(name, "image", _image_sizes([_path(v, base) for v in values]))
         if suffixes <= AUDIO_SUFFIXES:
-            return Column(name, "audio", {"path": True})
+            return Column(name, "audio", {"path": True, "seconds": _audio_seconds([_path(v, base) for v in values])})
         if suffixes <= {".npy"}:
             arrays = [np.load(_path(v, base), allow_pickle=False) for v in values[:SAMPLE_ROWS]]
             return _array_column(name, arrays, path=True)
@@ -194,6 +200,19 @@ def _looks_like_smiles(text: str) -> bool:
         return Chem.MolFromSmiles(text) is not None
     except ImportError:
         return len(text) > 1 and not text.isalpha()
+
+
+def _audio_seconds(paths: list[Path]) -> float:
+    """Median length in seconds of up to 20 clips, from their headers; AUDIO_MAX_SECONDS where none reads."""
+    import soundfile
+
+    seconds = []
+    for path in paths[:20]:
+        try:
+            seconds.append(soundfile.info(str(path)).duration)
+        except (RuntimeError, OSError):  # soundfile.LibsndfileError is a RuntimeError
+            continue
+    return float(np.median(seconds)) if seconds else AUDIO_MAX_SECONDS
 
 
 def _image_sizes(paths: list[Path]) -> dict[str, Any]:
@@ -324,6 +343,18 @@ def _series_patch(column: Column) -> tuple[int, int, bool]:
     if widened:
         patch = max(patch, -(-length // max(1, SERIES_MAX_TOKENS // channels)))
     return patch, channels * -(-length // patch), widened
+
+
+def _row_seconds(column: Column) -> float:
+    """Estimated seconds per batch row of a training step on two CPU threads for a series or audio column (the
+    cost models above); 0 for the kinds whose budget is capped otherwise."""
+    if column.kind == "timeseries":
+        values = column.sizes["channels"] * column.sizes["length"]
+        return _series_patch(column)[1] * SERIES_TOKEN_SECONDS + values * SERIES_VALUE_SECONDS
+    if column.kind == "audio":
+        seconds = min(column.sizes.get("seconds", AUDIO_MAX_SECONDS), AUDIO_MAX_SECONDS)
+        return AUDIO_CLIP_SECONDS + seconds * AUDIO_SECOND_SECONDS
+    return 0.0
 
 
 def _series_block(column: Column) -> list[str]:
@@ -532,16 +563,11 @@ def recipe_text(
     vit_capped = any(c.kind == "image" and not _resnet(c) for c in inputs) and steps > VIT_MAX_STEPS
     if vit_capped:  # a ViT step costs seconds on a CPU
         steps = VIT_MAX_STEPS
-    series = [c for c in inputs if c.kind == "timeseries"]
-    series_tokens = sum(_series_patch(c)[1] for c in series)
-    row_seconds = sum(
-        _series_patch(c)[1] * SERIES_TOKEN_SECONDS + c.sizes["channels"] * c.sizes["length"] * SERIES_VALUE_SECONDS
-        for c in series
-    )
-    series_steps = int(SERIES_MAX_SECONDS / (batch * row_seconds)) if series else steps
-    series_capped = series_steps < steps
-    if series_capped:  # long or wide series: about SERIES_MAX_SECONDS of training on two CPU threads
-        steps = max(50, series_steps)
+    row_seconds = sum(_row_seconds(c) for c in inputs)
+    timed_steps = int(MAX_TRAIN_SECONDS / (batch * row_seconds)) if row_seconds else steps
+    time_capped = timed_steps < steps
+    if time_capped:  # long or wide series, long clips: about MAX_TRAIN_SECONDS of training on two CPU threads
+        steps = max(50, timed_steps)
     adapting = bool(released) and len(released) == len(inputs)  # every modality starts from a released encoder
     lines = [
         f"# Starter recipe written by `mmssl init {origin}`: edit freely, then",
@@ -633,9 +659,8 @@ def recipe_text(
             f"  steps: {steps}         # about {epochs_run} epochs of {train_rows} rows"
             + (f" (at most {VIT_MAX_STEPS} for a ViT on a CPU: docs/defaults.md#images)" if vit_capped else "")
             + (
-                f" (capped: about {SERIES_MAX_SECONDS // 60} minutes of {series_tokens}-token series on two CPU "
-                "threads, docs/defaults.md#time-series)"
-                if series_capped
+                f" (capped at about {MAX_TRAIN_SECONDS // 60} minutes on two CPU threads: docs/defaults.md)"
+                if time_capped
                 else ""
             ),
             f"  batch_size: {batch}",

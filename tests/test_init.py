@@ -247,7 +247,18 @@ def test_init_bounds_the_tokens_and_training_time_of_long_wide_series(
     assert tree["train"]["steps"] == 200 and "capped" not in out.read_text()  # 200: the floor of a small set
     batch = tree["train"]["batch_size"]
     row_seconds = 480 * init_module.SERIES_TOKEN_SECONDS + 40 * 600 * init_module.SERIES_VALUE_SECONDS
-    monkeypatch.setattr(init_module, "SERIES_MAX_SECONDS", 120.5 * batch * row_seconds)
+    monkeypatch.setattr(init_module, "MAX_TRAIN_SECONDS", 120.5 * batch * row_seconds)
     out = init_manifest(manifest, tmp_path / "eeg_capped.yaml")
     assert yaml.safe_load(out.read_text())["train"]["steps"] == 120
-    assert "480-token series" in out.read_text()
+    assert "capped at about" in out.read_text()
+
+
+def test_init_caps_audio_training_time_from_the_clips_lengths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clips' length (0.2 s here, read from their headers) enters the time budget."""
+    manifest = audio_manifest(tmp_path)
+    steps = yaml.safe_load(init_manifest(manifest, tmp_path / "a.yaml").read_text())["train"]
+    row_seconds = init_module.AUDIO_CLIP_SECONDS + 0.2 * init_module.AUDIO_SECOND_SECONDS
+    monkeypatch.setattr(init_module, "MAX_TRAIN_SECONDS", 80.5 * steps["batch_size"] * row_seconds)
+    out = init_manifest(manifest, tmp_path / "capped.yaml")
+    assert steps["steps"] > 80 and yaml.safe_load(out.read_text())["train"]["steps"] == 80
+    compile_recipe(out, weights=False)
