@@ -50,12 +50,19 @@ VIT_MAX_STEPS = 300
 SERIES_MAX_TOKENS = 512
 #: ``pool: channels`` up to this many channels (16 x width 64 = 1,024 numbers); wider series pool the mean.
 SERIES_MAX_POOLED_CHANNELS = 16
-#: The training time a from-scratch series or audio recipe is capped at, from the cost models below (seconds of a
-#: SimCLR + MAE training step per row of its batch on two CPU threads, 12-step runs of init's recipes, alone).
+#: The training time a from-scratch recipe is capped at, from the cost models below (seconds of a training step per
+#: row of its batch on two CPU threads, 8- and 12-step runs of init's recipes, alone; docs/defaults.md).
 MAX_TRAIN_SECONDS = 900
+#: Images (SimCLR): a row of the ResNet at 32 px (256 at 28 px: 0.68 s a step), a patch token of the ViT (256 x 65
+#: tokens at 128 px: 2.6 s).
+RESNET_ROW_SECONDS = 3.5e-3
+VIT_TOKEN_SECONDS = 156e-6
+#: Text from scratch (SimCLR; 256 x 80 tokens: 0.49 s), rounded up to what it costs beside a ResNet with CLIP (256
+#: images and captions of 18 tokens: 1.1 s).
+TEXT_TOKEN_SECONDS = 40e-6
 #: Series (width 64, depth 3): per token and per value (256 series of 1 x 1460 values in 92 tokens: 1.05 s a step,
 #: 256 of 6 x 500 in 192 tokens: 2.3 s, 64 of 40 x 600 in 480 tokens: 2.0 s).
-SERIES_TOKEN_SECONDS = 40e-9
+SERIES_TOKEN_SECONDS = 40e-6
 SERIES_VALUE_SECONDS = 0.4e-6
 #: Audio (width 96, depth 2): per clip and per second of it, up to the plugin's max_seconds of 4 (256 clips of 1 s:
 #: 1.3 s a step, of 4 s: 3.0 s).
@@ -346,14 +353,19 @@ def _series_patch(column: Column) -> tuple[int, int, bool]:
 
 
 def _row_seconds(column: Column) -> float:
-    """Estimated seconds per batch row of a training step on two CPU threads for a series or audio column (the
-    cost models above); 0 for the kinds whose budget is capped otherwise."""
+    """Estimated seconds per batch row of a training step on two CPU threads for one input column (the cost models
+    above); 0 for molecules (about 2 ms a row of small molecules: 3000 steps of 256 stay near 25 minutes)."""
     if column.kind == "timeseries":
         values = column.sizes["channels"] * column.sizes["length"]
         return _series_patch(column)[1] * SERIES_TOKEN_SECONDS + values * SERIES_VALUE_SECONDS
     if column.kind == "audio":
         seconds = min(column.sizes.get("seconds", AUDIO_MAX_SECONDS), AUDIO_MAX_SECONDS)
         return AUDIO_CLIP_SECONDS + seconds * AUDIO_SECOND_SECONDS
+    if column.kind == "image":
+        size, patch = _image_size(column)
+        return RESNET_ROW_SECONDS if _resnet(column) else ((size // patch) ** 2 + 1) * VIT_TOKEN_SECONDS
+    if column.kind == "text":
+        return _text_length(column) * TEXT_TOKEN_SECONDS
     return 0.0
 
 
@@ -566,7 +578,7 @@ def recipe_text(
     row_seconds = sum(_row_seconds(c) for c in inputs)
     timed_steps = int(MAX_TRAIN_SECONDS / (batch * row_seconds)) if row_seconds else steps
     time_capped = timed_steps < steps
-    if time_capped:  # long or wide series, long clips: about MAX_TRAIN_SECONDS of training on two CPU threads
+    if time_capped:  # large or long inputs: about MAX_TRAIN_SECONDS of training on two CPU threads
         steps = max(50, timed_steps)
     adapting = bool(released) and len(released) == len(inputs)  # every modality starts from a released encoder
     lines = [

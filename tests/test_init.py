@@ -262,3 +262,23 @@ def test_init_caps_audio_training_time_from_the_clips_lengths(tmp_path: Path, mo
     out = init_manifest(manifest, tmp_path / "capped.yaml")
     assert steps["steps"] > 80 and yaml.safe_load(out.read_text())["train"]["steps"] == 80
     compile_recipe(out, weights=False)
+
+
+@pytest.mark.parametrize(
+    ("kind", "sizes", "batch", "seconds"),
+    [  # the 8- and 12-step runs the cost model was fitted on (two CPU threads, alone; docs/defaults.md)
+        ("timeseries", {"channels": 1, "length": 1460}, 256, 1.05),
+        ("timeseries", {"channels": 6, "length": 500}, 256, 2.3),
+        ("timeseries", {"channels": 40, "length": 600}, 64, 2.0),
+        ("audio", {"seconds": 1.0}, 256, 1.3),
+        ("audio", {"seconds": 4.0}, 256, 3.0),
+        ("image", {"side": 128, "channels": 3}, 256, 2.6),
+        ("image", {"side": 28, "channels": 1}, 256, 0.68 * (32 / 28) ** 2),  # measured at 28 px, written at 32
+    ],
+)
+def test_init_cost_model_reproduces_the_steps_it_was_fitted_on(
+    kind: str, sizes: dict, batch: int, seconds: float
+) -> None:
+    """Within 25 %: a slip in a constant's unit (ms for s) fails here, where a monkeypatched budget would not."""
+    estimate = batch * init_module._row_seconds(init_module.Column("x", kind, sizes))
+    assert 0.75 * seconds <= estimate <= 1.25 * seconds
