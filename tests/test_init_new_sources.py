@@ -104,10 +104,10 @@ def test_init_spoken_commands_writes_an_audio_recipe_that_validates(tmp_path: Pa
 
 
 def test_init_gives_audio_half_the_epochs_of_the_other_modalities() -> None:
-    """3600 rows: 25 epochs of 256 = 351 steps for audio (SimCLR + MAE); 32 px images (the ResNet) get batch 128
-    and 50 epochs (1406 steps) capped at 1000 (docs/defaults.md#images)."""
+    """3600 rows: 25 epochs of 256 = 351 steps for audio (SimCLR + MAE; 1 s clips, under the time cap); 32 px
+    images (the ResNet) get batch 128 and 50 epochs (1406 steps) capped at 1000 (docs/defaults.md#images)."""
     steps = {}
-    for kind, sizes in (("audio", {"path": True}), ("image", {"side": 32, "channels": 1})):
+    for kind, sizes in (("audio", {"path": True, "seconds": 1.0}), ("image", {"side": 32, "channels": 1})):
         profile = Profile(3600, [Column("x", kind, sizes), Column("label", "label")], ["a", "b"], {"train": 3600})
         tree = yaml.safe_load(recipe_text("r", profile, {"train": "{source: manifest, path: x.csv}"}, "x.csv"))
         steps[kind] = (tree["train"]["steps"], tree["train"]["batch_size"])
