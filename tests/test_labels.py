@@ -170,6 +170,19 @@ def test_unlabelled_rows_train_but_stay_out_of_evaluation(tmp_path: Path) -> Non
     assert [Path(v).name for v in values] == ["0.npy", "2.npy"] and labels.tolist() == [0, 1]
 
 
+def test_columns_are_every_key_of_any_jsonl_row(tmp_path: Path) -> None:
+    """A JSONL manifest whose first row leaves out the label and split keys still has those columns."""
+    images = write_images(tmp_path / "img", 3)
+    rows = [{"image": images[0]}, {"image": images[1], "label": "dog", "fold": "a"}, {"image": images[2], "fold": "a"}]
+    path = write_jsonl(tmp_path / "m.jsonl", rows)
+    spec = manifest(path, missing_labels="unlabelled")
+    plan = compile_recipe(write_recipe(tmp_path, spec, spec))
+    assert [row["label"] for row in load_source(plan, "train").rows] == [None, 0, None]
+    spec = manifest(path, missing_labels="unlabelled", split_column="fold", split="a")
+    plan = compile_recipe(write_recipe(tmp_path, spec, spec))
+    assert [row["image"].name for row in load_source(plan, "train").rows] == ["1.npy", "2.npy"]
+
+
 def test_names_in_one_split_integers_in_another_are_refused(tmp_path: Path) -> None:
     images = write_images(tmp_path / "img", 2)
     train = write_jsonl(tmp_path / "train.jsonl", [{"image": images[0], "label": "cat"}])

@@ -127,6 +127,11 @@ def peek_manifest(options: ManifestOptions, base: Path) -> Source | None:
     return load_manifest(options, base) if (file if file.is_absolute() else base / file).is_file() else None
 
 
+def _column_names(rows: list[dict[str, Any]]) -> list[str]:
+    """Every key of any row, in first-seen order (a JSONL row may leave out a key another row has)."""
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
 def read_manifest_rows(file: Path) -> list[dict[str, Any]]:
     """All rows of a .jsonl, .csv or .parquet manifest, as dicts.
 
@@ -165,15 +170,13 @@ def load_manifest(options: ManifestOptions, base: Path) -> Source:
     rows = read_manifest_rows(file)
     numbers = list(range(1, len(rows) + 1))  # 1-based data rows of the file, for messages
     if options.split_column is not None:
-        if rows and options.split_column not in rows[0]:
-            raise KeyError(
-                f"manifest {file}: split_column {options.split_column!r} not found; columns are {list(rows[0])}"
-            )
+        if rows and options.split_column not in (names := _column_names(rows)):
+            raise KeyError(f"manifest {file}: split_column {options.split_column!r} not found; columns are {names}")
         kept = [i for i, row in enumerate(rows) if str(row.get(options.split_column)) == str(options.split)]
         rows, numbers = [rows[i] for i in kept], [numbers[i] for i in kept]
     if options.limit:
         rows = rows[: options.limit]
-    columns = list(rows[0]) if rows else []
+    columns = _column_names(rows)
     for name in [*options.path_columns, *([options.label_column] if options.label_column else [])]:
         if rows and name not in columns:
             raise KeyError(f"manifest {file}: column {name!r} not found; columns are {columns}")
