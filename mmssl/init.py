@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mmssl.data import sources
+from mmssl.data.labels import is_missing_label
 
 #: Largest image side for which the image plugin's ``encoder: auto`` picks its ResNet (mmssl_image.options).
 RESNET_MAX_SIZE = 64
@@ -768,6 +769,8 @@ def init_manifest(file: Path, output: Path, name: str | None = None, encoders: d
         entry["label_column"] = label
         if profile.class_names and not all(name.lstrip("-").isdigit() for name in profile.class_names):
             entry["class_names"] = profile.class_names  # the class order, written down (names, not indices)
+        if any(is_missing_label(row.get(label)) for row in rows):  # such rows train, evaluations leave them out
+            entry["missing_labels"] = "unlabelled"
     data: dict[str, str] = {}
     if split and {"train", "test"} <= set(profile.splits):
         for part in ("train", "test"):

@@ -282,3 +282,19 @@ def test_init_cost_model_reproduces_the_steps_it_was_fitted_on(
     """Within 25 %: a slip in a constant's unit (ms for s) fails here, where a monkeypatched budget would not."""
     estimate = batch * init_module._row_seconds(init_module.Column("x", kind, sizes))
     assert 0.75 * seconds <= estimate <= 1.25 * seconds
+
+
+def test_init_marks_rows_without_a_label_as_unlabelled(tmp_path: Path) -> None:
+    """A manifest where some rows have no label (None, "" or no key) gets `missing_labels: unlabelled`, so the
+    recipe validates instead of stopping at the first such row; a fully labelled one keeps the default."""
+    rows = [{"text": f"words number {i} here", "split": "test" if i < 6 else "train"} for i in range(24)]
+    for i, row in enumerate(rows):
+        if i % 4:
+            row["label"] = [None, "x", "", "y"][i % 4] if i % 5 else "x"
+    manifest = write_rows(tmp_path / "partly.jsonl", rows)  # the first row has no label key at all
+    out = init_manifest(manifest, tmp_path / "partly.yaml", encoders={"text": "none"})
+    compile_recipe(out, weights=False)
+    tree = yaml.safe_load(out.read_text())
+    assert tree["data"]["train"]["missing_labels"] == tree["data"]["test"]["missing_labels"] == "unlabelled"
+    out = init_manifest(text_manifest(tmp_path), tmp_path / "labelled.yaml", encoders={"text": "none"})
+    assert "missing_labels" not in yaml.safe_load(out.read_text())["data"]["train"]
