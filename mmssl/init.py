@@ -125,6 +125,8 @@ class Profile:
     splits: dict[str, int] = field(default_factory=dict)
     #: Distinct labels among the first ``RELEASED_BANK_ROWS`` rows (whether a ``limit`` keeps every class).
     head_classes: int = 0
+    #: Lines for the recipe's header: what init left out or assumed.
+    notes: list[str] = field(default_factory=list)
 
     def of_kind(self, *kinds: str) -> list[Column]:
         return [c for c in self.columns if c.kind in kinds]
@@ -383,8 +385,17 @@ def _series_block(column: Column) -> list[str]:
         pool = "      pool: channels       # one mean per channel: JapaneseVowels kNN 0.651 -> 0.938 (docs/defaults.md)"
     else:
         pool = "      pool: mean"
+    layout = (
+        [
+            f"    # arrays are read channel-first, [C, L]: these have {channels} channels of {length} steps; if they "
+            "are [time, channels], save them transposed"
+        ]
+        if channels > length
+        else []
+    )
     return [
         f"    column: {column.name}",
+        *layout,
         "    options:",
         f"      channels: {channels}",
         f"      max_length: {length}      # longest series seen",
@@ -589,6 +600,7 @@ def recipe_text(
         + ", ".join(f"{c.name} ({c.kind})" for c in profile.columns)
         + (f"; {len(profile.class_names)} classes" if profile.class_names else "; no label column")
         + (f"; splits {profile.splits}" if profile.splits else ""),
+        *(f"# Note: {note}" for note in profile.notes),
         f"name: {name}",
         "seed: 0",
         "",
@@ -793,10 +805,11 @@ def init_folder(
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise InitError(f"{folder}: expected one subfolder per class (e.g. {folder}/cat/001.png)")
+    files_of, left_out = _media_files(folder, classes)
     rng = np.random.default_rng(0)
     parts: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     for label in classes:
-        files = sorted(str(p) for p in (folder / label).rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = files_of[label]
         order = rng.permutation(len(files))
         held = int(round(len(files) * test_share))
         for rank, index in enumerate(order):
@@ -816,7 +829,32 @@ def init_folder(
         )
     profile = profile_rows(parts["train"] + parts["test"], folder)
     profile.splits = {part: len(rows) for part, rows in parts.items()}
+    profile.notes += [left_out] if left_out else []
     return _write(output, recipe_text(name or output.stem, profile, data, str(folder), encoders))
+
+
+def _media_files(folder: Path, classes: list[str]) -> tuple[dict[str, list[str]], str | None]:
+    """Each class subfolder's files of the kind most files in ``folder`` are (images, audio or series, by suffix),
+    and a note on the files left out (``Thumbs.db``, notes, a stray image among clips), if any."""
+    found = {
+        label: sorted(p for p in (folder / label).rglob("*") if p.is_file() and not p.name.startswith("."))
+        for label in classes
+    }
+    kinds = {"image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES, "series": SERIES_SUFFIXES | {".npy"}}
+    counts = Counter(
+        kind
+        for files in found.values()
+        for p in files
+        for kind, suffixes in kinds.items()
+        if p.suffix.lower() in suffixes
+    )
+    if not counts:
+        suffixes = sorted({p.suffix or p.name for files in found.values() for p in files})
+        raise InitError(f"{folder}: no image, audio or series files in the class subfolders (found {suffixes[:10]})")
+    kind = counts.most_common(1)[0][0]
+    kept = {label: [str(p) for p in files if p.suffix.lower() in kinds[kind]] for label, files in found.items()}
+    skipped = sum(len(files) for files in found.values()) - sum(len(files) for files in kept.values())
+    return kept, (f"left out {skipped} files that are not {kind} files (by suffix)" if skipped else None)
 
 
 def init_source(

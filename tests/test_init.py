@@ -298,3 +298,32 @@ def test_init_marks_rows_without_a_label_as_unlabelled(tmp_path: Path) -> None:
     assert tree["data"]["train"]["missing_labels"] == tree["data"]["test"]["missing_labels"] == "unlabelled"
     out = init_manifest(text_manifest(tmp_path), tmp_path / "labelled.yaml", encoders={"text": "none"})
     assert "missing_labels" not in yaml.safe_load(out.read_text())["data"]["train"]
+
+
+def test_init_folder_leaves_out_files_of_another_kind(tmp_path: Path) -> None:
+    """Class folders with a Thumbs.db and a notes file beside the images: the images are the dataset (init used to
+    read the mixed file column as text), and the recipe's header says what was left out."""
+    for label in ("a", "b"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(5):
+            _png(tmp_path / "photos" / label / f"IMG {i}.PNG", 24)
+        (tmp_path / "photos" / label / "Thumbs.db").write_bytes(b"\x00junk")
+        (tmp_path / "photos" / label / "notes.txt").write_text("a sunny day")
+    out = init_folder(tmp_path / "photos", tmp_path / "photos.yaml")
+    compile_recipe(out, weights=False)
+    assert list(yaml.safe_load(out.read_text())["modalities"]) == ["image"]
+    assert "# Note: left out 4 files that are not image files" in out.read_text()
+    assert "Thumbs" not in (tmp_path / "photos.train.csv").read_text() + (tmp_path / "photos.test.csv").read_text()
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "a" / "notes.txt").write_text("nothing")
+    with pytest.raises(init_module.InitError, match=r"no image, audio or series files .*\.txt"):
+        init_folder(tmp_path / "empty", tmp_path / "empty.yaml")
+
+
+def test_init_says_how_it_reads_arrays_with_more_channels_than_steps(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    rows = [{"values": rng.normal(size=(50, 3)).tolist(), "label": i % 2, "split": "test" if i < 4 else "train"}
+            for i in range(12)]
+    out = init_manifest(write_rows(tmp_path / "time_major.jsonl", rows), tmp_path / "time_major.yaml")
+    assert "these have 50 channels of 3 steps; if they are [time, channels], save them transposed" in out.read_text()
+    compile_recipe(out, weights=False)
