@@ -81,6 +81,8 @@ SPLIT_VALUES = {"train", "test", "val", "valid", "validation", "dev", "eval"}
 _SMILES = re.compile(r"^[A-Za-z0-9@+\-\[\]\(\)=#$/\\%.:*]+$")
 #: Rows read to detect kinds and sizes.
 SAMPLE_ROWS = 200
+#: Share of each class held out as the test split of a folder, or of a labelled manifest without a split column.
+TEST_SHARE = 0.2
 #: ``--encoder MODALITY=SPEC``: the encoder library that loads a released encoder for each modality init can start
 #: from one (only text so far; the released image / audio libraries are not wired into init yet).
 RELEASED_LIBRARIES = {"text": "transformers"}
@@ -787,6 +789,15 @@ def init_manifest(file: Path, output: Path, name: str | None = None, encoders: d
     if split and {"train", "test"} <= set(profile.splits):
         for part in ("train", "test"):
             data[part] = _flow({**entry, "split_column": split, "split": part})
+    elif label and profile.class_names:  # no test split: hold one out, as for a folder
+        for part in ("train", "test"):
+            data[part] = _flow({**entry, "holdout": TEST_SHARE, "split": part})
+        kept, held = sources.stratified_holdout([row.get(label) for row in rows], TEST_SHARE)
+        profile.splits = {"train": len(kept), "test": len(held)}
+        profile.notes.append(
+            f"no train/test split column: {TEST_SHARE:.0%} of each class's rows are held out as the test split "
+            "(`holdout`, seed 0)"
+        )
     else:
         data["train"] = _flow(entry)
     return _write(output, recipe_text(name or output.stem, profile, data, str(file), encoders))
@@ -796,7 +807,7 @@ def init_folder(
     folder: Path,
     output: Path,
     name: str | None = None,
-    test_share: float = 0.2,
+    test_share: float = TEST_SHARE,
     encoders: dict[str, str] | None = None,
 ) -> Path:
     """Write manifests (``<output stem>.train.csv`` / ``.test.csv``, a stratified ``test_share`` held out with seed
@@ -806,14 +817,9 @@ def init_folder(
     if not classes:
         raise InitError(f"{folder}: expected one subfolder per class (e.g. {folder}/cat/001.png)")
     files_of, left_out = _media_files(folder, classes)
-    rng = np.random.default_rng(0)
-    parts: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
-    for label in classes:
-        files = files_of[label]
-        order = rng.permutation(len(files))
-        held = int(round(len(files) * test_share))
-        for rank, index in enumerate(order):
-            parts["test" if rank < held else "train"].append({"file": files[index], "label": label})
+    rows = [{"file": file, "label": label} for label in classes for file in files_of[label]]
+    kept, held = sources.stratified_holdout([row["label"] for row in rows], test_share)
+    parts = {"train": [rows[i] for i in kept], "test": [rows[i] for i in held]}
     data = {}
     for part, rows in parts.items():
         part_file = output.parent / f"{output.stem}.{part}.csv"

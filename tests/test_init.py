@@ -85,11 +85,11 @@ def test_init_manifest_of_each_modality_validates(case: str, tmp_path: Path) -> 
     tree = yaml.safe_load(out.read_text())
     for key, value in options.items():
         assert tree["modalities"][modality]["options"][key] == value
-    has_split = case != "text"
-    assert set(tree["data"]) == ({"train", "test"} if has_split else {"train"})
+    assert set(tree["data"]) == {"train", "test"}  # the text manifest has no split column: a held-out share
+    assert tree["data"]["test"].get("holdout") == (init_module.TEST_SHARE if case == "text" else None)
     names = [e["name"] for e in tree.get("evaluations", [])]
     twice = 2 if modality == "image" else 1  # small images: pooled and feature-map read-outs
-    assert names == (["knn", "linear_probe"] * twice if has_split else [])
+    assert names == ["knn", "linear_probe"] * twice
     assert "# " in out.read_text()  # every choice is commented
     # a text recipe names the other route (a released encoder, or text=none for from scratch)
     assert ("--encoder text=" in out.read_text()) == (modality == "text")

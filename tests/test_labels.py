@@ -206,6 +206,27 @@ def test_manifest_split_column_selects_rows(tmp_path: Path) -> None:
         load_train(write_recipe(tmp_path, manifest(bad, split_column="fold", split="test"), manifest(bad)))
 
 
+def test_manifest_holdout_is_a_stratified_seeded_disjoint_split(tmp_path: Path) -> None:
+    """15 rows of class 0 and 5 of class 1 (one unlabelled): a 0.2 holdout keeps round(0.2 n) of each label value
+    out, train and test partition the file, and the same seed draws the same rows."""
+    images = write_images(tmp_path / "img", 21)
+    rows = [{"image": im, "label": 0 if i < 15 else 1} for i, im in enumerate(images[:20])] + [{"image": images[20]}]
+    path = write_jsonl(tmp_path / "all.jsonl", rows)
+
+    def names(split: str, seed: int = 0) -> list[str]:
+        spec = manifest(path, holdout=0.2, holdout_seed=seed, split=split, missing_labels="unlabelled")
+        return [r["image"].name for r in load_source(compile_recipe(write_recipe(tmp_path, spec, spec)), "train").rows]
+
+    train, test = names("train"), names("test")
+    assert sorted(train + test) == sorted(f"{i}.npy" for i in range(21)) and not set(train) & set(test)
+    held = [int(name.split(".")[0]) for name in test]
+    assert (sum(i < 15 for i in held), sum(15 <= i < 20 for i in held), 20 in held) == (3, 1, False)
+    assert train == sorted(train, key=lambda n: int(n.split(".")[0]))  # the file's order
+    assert names("test") == test and names("test", seed=1) != test
+    with pytest.raises(ValueError, match="`holdout` needs `split: train` or `split: test`"):
+        compile_recipe(write_recipe(tmp_path, manifest(path, holdout=0.2), manifest(path)))
+
+
 def test_split_without_split_column_is_a_recipe_error(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "m.jsonl", [{"image": "a", "label": 0}])
     with pytest.raises(ValueError, match=r"data.train.*`split_column` and `split` go together"):

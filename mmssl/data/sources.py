@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from mmssl.data.labels import LabelError, parse_label_column
+from mmssl.data.labels import LabelError, is_missing_label, parse_label_column
 from mmssl.registry import Registry, RegistryError
 
 
@@ -112,11 +113,26 @@ class ManifestOptions(SourceOptions):
         "evaluations, counted in the run's labels.json).",
     )
     split_column: str | None = Field(None, description="Column naming each row's split (e.g. train / test).")
-    split: str | int | None = Field(None, description="Keep only rows whose `split_column` equals this value.")
+    split: str | int | None = Field(
+        None,
+        description="Keep only rows whose `split_column` equals this value; with `holdout`: `train` (the rows "
+        "kept) or `test` (the rows held out).",
+    )
+    holdout: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="For a manifest without a split column: hold out this share of the rows, drawn per class "
+        "(stratified by `label_column`, when there is one) with `holdout_seed`; `split` picks train or test.",
+    )
+    holdout_seed: int = Field(0, description="Seed of the `holdout` draw: the same seed gives the same split.")
 
     @model_validator(mode="after")
     def _split_pair(self) -> ManifestOptions:
-        if (self.split_column is None) != (self.split is None):
+        if self.holdout is not None:
+            if self.split_column is not None or self.split not in ("train", "test"):
+                raise ValueError("`holdout` needs `split: train` or `split: test` and no `split_column`")
+        elif (self.split_column is None) != (self.split is None):
             raise ValueError("`split_column` and `split` go together: give both or neither")
         return self
 
@@ -174,6 +190,11 @@ def load_manifest(options: ManifestOptions, base: Path) -> Source:
             raise KeyError(f"manifest {file}: split_column {options.split_column!r} not found; columns are {names}")
         kept = [i for i, row in enumerate(rows) if str(row.get(options.split_column)) == str(options.split)]
         rows, numbers = [rows[i] for i in kept], [numbers[i] for i in kept]
+    elif options.holdout is not None:
+        labels = [row.get(options.label_column) if options.label_column else None for row in rows]
+        held = set(stratified_holdout(labels, options.holdout, options.holdout_seed)[1])
+        kept = [i for i in range(len(rows)) if (i in held) == (options.split == "test")]
+        rows, numbers = [rows[i] for i in kept], [numbers[i] for i in kept]
     if options.limit:
         rows = rows[: options.limit]
     columns = _column_names(rows)
@@ -188,6 +209,25 @@ def load_manifest(options: ManifestOptions, base: Path) -> Source:
     if options.label_column:
         _read_labels(source, options, [f"{file} row {n}" for n in numbers])
     return source
+
+
+def stratified_holdout(labels: list[Any], share: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(kept, held-out) row indices: within each label value, in sorted order (rows without a label form one
+    group), a seeded permutation's first ``round(share * n)`` rows are held out, so every class keeps its share in
+    both splits. Both lists are in draw order (group by group, permuted)."""
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault("" if is_missing_label(label) else str(label), []).append(i)
+    rng = np.random.default_rng(seed)
+    kept: list[int] = []
+    held: list[int] = []
+    for key in sorted(groups):
+        members = groups[key]
+        order = rng.permutation(len(members))
+        count = int(round(share * len(members)))
+        held += [members[j] for j in order[:count]]
+        kept += [members[j] for j in order[count:]]
+    return kept, held
 
 
 def _read_labels(source: Source, options: ManifestOptions, where: list[str]) -> None:
