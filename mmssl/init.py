@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import numpy as np
 
 from mmssl.data import sources
 from mmssl.data.labels import is_missing_label
+from mmssl.data.media_cells import is_media_cell, media_payload
 
 #: Largest image side for which the image plugin's ``encoder: auto`` picks its ResNet (mmssl_image.options).
 RESNET_MAX_SIZE = 64
@@ -152,12 +154,15 @@ def classify(name: str, values: list[Any], base: Path) -> Column | None:
         return Column(name, "split")
     if lowered in LABEL_NAMES:
         return Column(name, "label")
+    if all(is_media_cell(v) for v in values):
+        return _media_cell_column(name, values, base)
     if isinstance(values[0], str | Path) and all(isinstance(v, str | Path) for v in values):
         suffixes = {Path(str(v)).suffix.lower() for v in values}
         if suffixes <= IMAGE_SUFFIXES:
             return Column(name, "image", _image_sizes([_path(v, base) for v in values]))
         if suffixes <= AUDIO_SUFFIXES:
-            return Column(name, "audio", {"path": True, "seconds": _audio_seconds([_path(v, base) for v in values])})
+            seconds = _audio_seconds([_path(v, base) for v in values])
+            return Column(name, "audio", {"path": True} | ({"seconds": seconds} if seconds is not None else {}))
         if suffixes <= {".npy"}:
             arrays = [np.load(_path(v, base), allow_pickle=False) for v in values[:SAMPLE_ROWS]]
             return _array_column(name, arrays, path=True)
@@ -214,20 +219,42 @@ def _looks_like_smiles(text: str) -> bool:
         return len(text) > 1 and not text.isalpha()
 
 
-def _audio_seconds(paths: list[Path]) -> float:
-    """Median length in seconds of up to 20 clips, from their headers; AUDIO_MAX_SECONDS where none reads."""
+def _audio_seconds(files: list[Path | io.BytesIO]) -> float | None:
+    """Median length in seconds of up to 20 clips (paths or encoded bytes), from their headers (None: none reads)."""
     import soundfile
 
     seconds = []
-    for path in paths[:20]:
+    for file in files[:20]:
         try:
-            seconds.append(soundfile.info(str(path)).duration)
+            seconds.append(soundfile.info(file if isinstance(file, io.BytesIO) else str(file)).duration)
         except (RuntimeError, OSError):  # soundfile.LibsndfileError is a RuntimeError
             continue
-    return float(np.median(seconds)) if seconds else AUDIO_MAX_SECONDS
+    return float(np.median(seconds)) if seconds else None
 
 
-def _image_sizes(paths: list[Path]) -> dict[str, Any]:
+def _media_cell_column(name: str, values: list[Any], base: Path) -> Column | None:
+    """A column of Hugging Face datasets cells (``mmssl.data.media_cells``): images when PIL opens them, else audio
+    when libsndfile does (None: neither)."""
+    from PIL import UnidentifiedImageError
+
+    files: list[Path | io.BytesIO] = []
+    for value in values[:50]:
+        payload = media_payload(value)
+        if isinstance(payload, tuple):  # decoded audio: (array, sampling_rate)
+            return Column(name, "audio", {"path": False, "seconds": len(payload[0]) / payload[1]})
+        files.append(io.BytesIO(payload) if isinstance(payload, bytes) else _path(payload, base))
+    try:
+        return Column(name, "image", {**_image_sizes(files), "path": False})
+    except (UnidentifiedImageError, OSError):
+        pass
+    for file in files:
+        if isinstance(file, io.BytesIO):
+            file.seek(0)
+    seconds = _audio_seconds(files)
+    return None if seconds is None else Column(name, "audio", {"path": False, "seconds": seconds})
+
+
+def _image_sizes(paths: list[Path | io.BytesIO]) -> dict[str, Any]:
     from PIL import Image
 
     sides: list[int] = []

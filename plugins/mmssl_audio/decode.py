@@ -16,6 +16,8 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor
 
+from mmssl.data.media_cells import is_media_cell, media_payload
+
 _EXPECTED = (
     "a path to an audio file (WAV/FLAC/OGG, anything libsndfile reads), encoded audio bytes, a numpy array "
     "(samples,) / (channels, samples) / (samples, channels) at the options' sample rate, "
@@ -32,7 +34,8 @@ def decode_audio(raw: Any, sample_rate: int) -> Tensor:
         raw: A ``str``/``Path`` to an audio file, ``bytes`` of an encoded file, a numpy array or tensor taken
             to be at ``sample_rate`` (1-D, or 2-D where the shorter axis holds the channels), or a tuple
             ``(array, rate)`` for an array at another rate. Integer arrays are scaled to [-1, 1) (int16: by
-            2**15, int32: by 2**31); float arrays are used as they are.
+            2**15, int32: by 2**31); float arrays are used as they are. A Hugging Face datasets ``Audio`` cell
+            is read from its ``bytes``, ``path`` or ``(array, sampling_rate)`` (``mmssl.data.media_cells``).
         sample_rate: Output sample rate in Hz.
 
     Returns:
@@ -46,6 +49,8 @@ def decode_audio(raw: Any, sample_rate: int) -> Tensor:
         ValueError: A file, bytes or array that is not readable audio (the message names the file).
         TypeError: A value of another type.
     """
+    if is_media_cell(raw):  # a Hugging Face datasets Audio cell: {"bytes", "path"} or {"array", "sampling_rate"}
+        raw = media_payload(raw)
     if isinstance(raw, str | Path):
         array, rate = _read_path(Path(raw))
         what = f"audio file {raw}"

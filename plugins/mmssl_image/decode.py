@@ -11,12 +11,14 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from mmssl.data.media_cells import is_media_cell, media_payload
+
 #: ITU-R BT.601 luma weights (R, G, B), as used by PIL's ``convert("L")``.
 LUMA_601 = (0.299, 0.587, 0.114)
 
 _EXPECTED = (
-    "a path to an image file or .npy file, encoded image bytes, a PIL image, "
-    "or a numpy array or nested list (H, W) / (H, W, C) of uint8 0..255 or float 0..1"
+    "a path to an image file or .npy file, encoded image bytes (or a Hugging Face datasets cell with bytes or a "
+    "path), a PIL image, or a numpy array or nested list (H, W) / (H, W, C) of uint8 0..255 or float 0..1"
 )
 
 
@@ -30,7 +32,8 @@ def decode_image(raw: Any, channels: int = 3) -> Tensor:
         raw: A ``str``/``Path`` to a PIL-readable image or a ``.npy`` file, ``bytes`` of an encoded image, a
             ``PIL.Image.Image``, or a numpy array (H, W) / (H, W, C) with C in 1..4 (2 = grey + alpha,
             4 = RGBA), dtype uint8 (0..255), bool, or float (0..1); a nested list (a manifest's JSON array) is
-            read as uint8 when every value is an integer in 0..255 and above 1, as float otherwise.
+            read as uint8 when every value is an integer in 0..255 and above 1, as float otherwise; a Hugging Face
+            datasets ``{"bytes", "path"}`` cell is read from its bytes, or else its path (``mmssl.data.media_cells``).
         channels: Output channels, 1 or 3.
 
     Returns:
@@ -46,6 +49,8 @@ def decode_image(raw: Any, channels: int = 3) -> Tensor:
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if is_media_cell(raw):  # a Hugging Face datasets Image cell: {"bytes", "path"}
+        raw = media_payload(raw)
     if isinstance(raw, str | Path):
         array = _read_path(Path(raw))
         what = f"image file {raw}"
