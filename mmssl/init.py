@@ -308,6 +308,14 @@ def profile_rows(rows: list[dict[str, Any]], base: Path, class_names: list[str] 
     labels = [c for c in columns if c.kind == "label"]
     for extra in labels[1:]:  # one label column: the first; others are dropped
         columns.remove(extra)
+    notes = []
+    if labels and _continuous([row.get(labels[0].name) for row in rows]):
+        columns.remove(labels[0])
+        notes.append(
+            f"column {labels[0].name} holds non-integer numbers, a regression target, not classes: the recipe has no "
+            f"kNN or probe evaluation (`mmssl finetune --task regression` scores an encoder on it)"
+        )
+        labels = []
     if labels and class_names is None:
         found = sorted({str(row[labels[0].name]) for row in rows if not _missing(row.get(labels[0].name))})
         class_names = found
@@ -323,7 +331,20 @@ def profile_rows(rows: list[dict[str, Any]], base: Path, class_names: list[str] 
         train = [r for r in rows if str(r.get(split)).lower() == "train"] if split else rows
         label = labels[0].name
         head = len({str(r.get(label)) for r in train[:RELEASED_BANK_ROWS] if not _missing(r.get(label))})
-    return Profile(len(rows), columns, class_names, splits, head)
+    return Profile(len(rows), columns, class_names, splits, head, notes)
+
+
+def _continuous(values: list[Any]) -> bool:
+    """Whether a label column's present values are all numbers (or numeric strings) and not all integers."""
+    numbers = []
+    for value in values:
+        if is_missing_label(value):
+            continue
+        try:
+            numbers.append(float(value))
+        except (TypeError, ValueError):
+            return False
+    return bool(numbers) and not all(np.isfinite(x) and float(x).is_integer() for x in numbers)
 
 
 # ------------------------------------------------------------------------------------------------ recipe text

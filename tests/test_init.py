@@ -327,3 +327,20 @@ def test_init_says_how_it_reads_arrays_with_more_channels_than_steps(tmp_path: P
     out = init_manifest(write_rows(tmp_path / "time_major.jsonl", rows), tmp_path / "time_major.yaml")
     assert "these have 50 channels of 3 steps; if they are [time, channels], save them transposed" in out.read_text()
     compile_recipe(out, weights=False)
+
+
+def test_init_reads_a_column_of_non_integer_numbers_as_a_regression_target(tmp_path: Path) -> None:
+    """A `y` column of real numbers is not 50 one-row classes (whose recipe failed validation): the recipe has no
+    label and no evaluations, and says why; integral numbers (`1.0`, `2.0`) stay classes."""
+    rng = np.random.default_rng(5)
+    split = ["test" if i < 8 else "train" for i in range(40)]
+    rows = [{"smiles": SMILES[i % 8], "y": float(rng.normal()), "split": split[i]} for i in range(40)]
+    out = init_manifest(write_rows(tmp_path / "reg.jsonl", rows), tmp_path / "reg.yaml")
+    compile_recipe(out, weights=False)
+    tree = yaml.safe_load(out.read_text())
+    assert "label_column" not in tree["data"]["train"] and "evaluations" not in tree
+    assert "column y holds non-integer numbers, a regression target" in out.read_text()
+    for row in rows:
+        row["y"] = float(round(abs(row["y"])))
+    out = init_manifest(write_rows(tmp_path / "cls.jsonl", rows), tmp_path / "cls.yaml")
+    assert yaml.safe_load(out.read_text())["data"]["train"]["label_column"] == "y"
