@@ -158,6 +158,13 @@ def classify(name: str, values: list[Any], base: Path) -> Column | None:
         return _media_cell_column(name, values, base)
     if isinstance(values[0], str | Path) and all(isinstance(v, str | Path) for v in values):
         suffixes = {Path(str(v)).suffix.lower() for v in values}
+        if suffixes <= IMAGE_SUFFIXES | AUDIO_SUFFIXES | SERIES_SUFFIXES | {".npy"}:
+            missing = next((p for v in values if not (p := _path(v, base)).is_file()), None)
+            if missing is not None:
+                raise InitError(
+                    f"column {name!r}: file {missing} not found (relative paths are read from the manifest's "
+                    f"folder, {base})"
+                )
         if suffixes <= IMAGE_SUFFIXES:
             return Column(name, "image", _image_sizes([_path(v, base) for v in values]))
         if suffixes <= AUDIO_SUFFIXES:

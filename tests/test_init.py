@@ -151,6 +151,11 @@ def test_init_cli_refuses_to_overwrite_and_names_bad_input(tmp_path: Path) -> No
     empty.write_text("")
     result = runner.invoke(app, ["init", str(empty), "--output", str(tmp_path / "n.yaml")])
     assert result.exit_code == 2 and "no rows" in result.output
+    (tmp_path / "sub").mkdir()
+    wrong_base = write_rows(tmp_path / "sub" / "m.jsonl", [{"image": "imgs/0.png", "label": i % 2} for i in range(4)])
+    result = runner.invoke(app, ["init", str(wrong_base), "--output", str(tmp_path / "w.yaml")])
+    assert result.exit_code == 2 and "column 'image': file" in result.output
+    assert "relative paths are read from the manifest's folder" in result.output and "Traceback" not in result.output
 
 
 def test_init_reads_small_images_two_ways(tmp_path: Path) -> None:
