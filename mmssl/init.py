@@ -898,7 +898,7 @@ def _media_files(folder: Path, classes: list[str]) -> tuple[dict[str, list[str]]
     """Each class subfolder's files of the kind most files in ``folder`` are (images, audio or series, by suffix),
     and a note on the files left out (``Thumbs.db``, notes, a stray image among clips), if any."""
     found = {
-        label: sorted(p for p in (folder / label).rglob("*") if p.is_file() and not p.name.startswith("."))
+        label: sorted((p for p in (folder / label).rglob("*") if p.is_file() and not p.name.startswith(".")), key=str)
         for label in classes
     }
     kinds = {"image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES, "series": SERIES_SUFFIXES | {".npy"}}
