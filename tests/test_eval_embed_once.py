@@ -101,3 +101,15 @@ def test_evaluations_declare_the_read_outs_they_embed() -> None:
     assert knn.reads(knn_options) == [("image", "train", "tokens"), ("image", "test", "tokens")]
     assert probe.reads(probe_options) == [("image", "bank", "pooled"), ("image", "test", "pooled")]
     assert zero_shot.reads(zero_shot_options) == []
+    # the splits and modalities knn and the probe check against the recipe are the ones their reads name
+    assert (knn.splits(knn_options), knn.modalities(knn_options)) == (["train", "test"], ["image"])
+    assert (probe.splits(probe_options), probe.modalities(probe_options)) == (["bank", "test"], ["image"])
+    same = knn.options(name="knn", modality="image", bank="test", query="test")
+    assert knn.splits(same) == ["test"]  # a bank that is the query split is one split, read once
+
+
+def test_an_evaluator_without_reads_must_name_its_splits() -> None:
+    from mmssl.eval.base import EvalOptions, register_evaluator
+
+    with pytest.raises(TypeError, match="'no_reads': give splits and modalities, or reads"):
+        register_evaluator("no_reads", EvalOptions, modalities=lambda o: ["image"])

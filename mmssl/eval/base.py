@@ -68,13 +68,22 @@ EVALUATORS: Registry[EvaluatorType] = Registry("evaluation", group="mmssl.evalua
 def register_evaluator(
     name: str,
     options: type[EvalOptions],
-    splits: Callable[[Any], list[str]],
-    modalities: Callable[[Any], list[str]],
+    splits: Callable[[Any], list[str]] | None = None,
+    modalities: Callable[[Any], list[str]] | None = None,
     needs: Callable[[Any], list[tuple[str, Need]]] = _no_needs,
     reads: Callable[[Any], list[tuple[str, str, str]]] = _no_reads,
 ) -> Callable[[EvaluatorRun], EvaluatorRun]:
+    """Register ``run`` as the evaluation ``name`` (see ``EvaluatorType``). An evaluator that declares its frozen
+    embeddings (``reads``) may leave out ``splits`` and ``modalities``: they are the ones its reads name."""
+    if (splits is None or modalities is None) and reads is _no_reads:
+        raise TypeError(f"evaluator {name!r}: give splits and modalities, or reads to derive them from")
+
+    def named(position: int) -> Callable[[Any], list[str]]:
+        return lambda options: list(dict.fromkeys(read[position] for read in reads(options)))
+
     def wrap(run: EvaluatorRun) -> EvaluatorRun:
-        EVALUATORS.register(name, EvaluatorType(name, options, run, splits, modalities, needs, reads))
+        kind = EvaluatorType(name, options, run, splits or named(1), modalities or named(0), needs, reads)
+        EVALUATORS.register(name, kind)
         return run
 
     return wrap

@@ -64,8 +64,6 @@ class KNNOptions(EvalOptions):
 @register_evaluator(
     "knn",
     KNNOptions,
-    splits=lambda o: [o.bank, o.query],
-    modalities=lambda o: [o.modality],
     needs=lambda o: [(o.bank, "labels"), (o.query, "labels")],
     reads=lambda o: [(o.modality, split, o.features) for split in (o.bank, o.query)],
 )

@@ -90,8 +90,6 @@ class LinearProbeOptions(EvalOptions):
 @register_evaluator(
     "linear_probe",
     LinearProbeOptions,
-    splits=lambda o: [o.train, o.test],
-    modalities=lambda o: [o.modality],
     needs=lambda o: [(o.train, "labels"), (o.test, "labels")],
     reads=lambda o: [(o.modality, split, o.features) for split in (o.train, o.test)],
 )
