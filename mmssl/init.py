@@ -158,25 +158,26 @@ def classify(name: str, values: list[Any], base: Path) -> Column | None:
         return _media_cell_column(name, values, base)
     if isinstance(values[0], str | Path) and all(isinstance(v, str | Path) for v in values):
         suffixes = {Path(str(v)).suffix.lower() for v in values}
+        paths = [_path(v, base) for v in values]
         if suffixes <= IMAGE_SUFFIXES | AUDIO_SUFFIXES | SERIES_SUFFIXES | {".npy"}:
-            missing = next((p for v in values if not (p := _path(v, base)).is_file()), None)
+            missing = next((p for p in paths if not p.is_file()), None)
             if missing is not None:
                 raise InitError(
                     f"column {name!r}: file {missing} not found (relative paths are read from the manifest's "
                     f"folder, {base})"
                 )
         if suffixes <= IMAGE_SUFFIXES:
-            return Column(name, "image", _image_sizes([_path(v, base) for v in values]))
+            return Column(name, "image", _image_sizes(list(paths)))
         if suffixes <= AUDIO_SUFFIXES:
-            seconds = _audio_seconds([_path(v, base) for v in values])
+            seconds = _audio_seconds(list(paths))
             return Column(name, "audio", {"path": True} | ({"seconds": seconds} if seconds is not None else {}))
         if suffixes <= {".npy"}:
-            arrays = [np.load(_path(v, base), allow_pickle=False) for v in values[:SAMPLE_ROWS]]
+            arrays = [np.load(p, allow_pickle=False) for p in paths[:SAMPLE_ROWS]]
             return _array_column(name, arrays, path=True)
         if suffixes <= SERIES_SUFFIXES:
             from mmssl_timeseries.decode import decode_series
 
-            arrays = [decode_series(_path(v, base), _channels_of_table(_path(v, base))) for v in values[:20]]
+            arrays = [decode_series(p, _channels_of_table(p)) for p in paths[:20]]
             return _array_column(name, arrays, path=True, series=True)
         if all(_looks_like_smiles(s) for s in strings):
             return Column(name, "graph")
@@ -195,10 +196,6 @@ def classify(name: str, values: list[Any], base: Path) -> Column | None:
     if all(isinstance(v, int | np.integer) for v in values) and len(set(values)) <= max(2, len(values) // 5):
         return Column(name, "label")
     return None
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value == "") or (isinstance(value, float) and np.isnan(value))
 
 
 def _path(value: Any, base: Path) -> Path:
@@ -308,7 +305,7 @@ def profile_rows(rows: list[dict[str, Any]], base: Path, class_names: list[str] 
     names = list(dict.fromkeys(k for row in sample for k in row))
     columns = []
     for name in names:
-        values = [row[name] for row in sample if not _missing(row.get(name))]
+        values = [row[name] for row in sample if not is_missing_label(row.get(name))]
         column = classify(name, values, base)
         if column is not None:
             columns.append(column)
@@ -324,7 +321,7 @@ def profile_rows(rows: list[dict[str, Any]], base: Path, class_names: list[str] 
         )
         labels = []
     if labels and class_names is None:
-        found = sorted({str(row[labels[0].name]) for row in rows if not _missing(row.get(labels[0].name))})
+        found = sorted({str(row[labels[0].name]) for row in rows if not is_missing_label(row.get(labels[0].name))})
         class_names = found
     splits: dict[str, int] = {}
     for column in columns:
@@ -337,7 +334,7 @@ def profile_rows(rows: list[dict[str, Any]], base: Path, class_names: list[str] 
         split = next((c.name for c in columns if c.kind == "split"), None)
         train = [r for r in rows if str(r.get(split)).lower() == "train"] if split else rows
         label = labels[0].name
-        head = len({str(r.get(label)) for r in train[:RELEASED_BANK_ROWS] if not _missing(r.get(label))})
+        head = len({str(r.get(label)) for r in train[:RELEASED_BANK_ROWS] if not is_missing_label(r.get(label))})
     return Profile(len(rows), columns, class_names, splits, head, notes)
 
 

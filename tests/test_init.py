@@ -349,3 +349,16 @@ def test_init_reads_a_column_of_non_integer_numbers_as_a_regression_target(tmp_p
         row["y"] = float(round(abs(row["y"])))
     out = init_manifest(write_rows(tmp_path / "cls.jsonl", rows), tmp_path / "cls.yaml")
     assert yaml.safe_load(out.read_text())["data"]["train"]["label_column"] == "y"
+
+
+def test_init_reads_a_parquet_of_inline_series(tmp_path: Path) -> None:
+    """pandas gives a parquet's list cells as numpy arrays: a missing-value check must not compare them to ""."""
+    import pandas as pd
+
+    rng = np.random.default_rng(6)
+    frame = pd.DataFrame({"values": [rng.normal(size=30) for _ in range(12)], "label": [i % 2 for i in range(12)],
+                          "split": ["test" if i < 4 else "train" for i in range(12)]})
+    frame.to_parquet(tmp_path / "series.parquet")
+    out = init_manifest(tmp_path / "series.parquet", tmp_path / "series.yaml")
+    compile_recipe(out, weights=False)
+    assert yaml.safe_load(out.read_text())["modalities"]["timeseries"]["options"]["max_length"] == 30

@@ -23,7 +23,12 @@ class LabelError(ValueError):
 
 
 def is_missing_label(value: Any) -> bool:
-    return value is None or (isinstance(value, float | np.floating) and math.isnan(value)) or value == ""
+    """None, NaN or the empty string (any other value, arrays included, is present)."""
+    return (
+        value is None
+        or (isinstance(value, float | np.floating) and math.isnan(value))
+        or (isinstance(value, str) and value == "")
+    )
 
 
 def parse_label(value: Any, where: str) -> int | str:
