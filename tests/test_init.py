@@ -279,6 +279,8 @@ def test_init_caps_audio_training_time_from_the_clips_lengths(tmp_path: Path, mo
         ("audio", {"seconds": 4.0}, 256, 3.0),
         ("image", {"side": 128, "channels": 3}, 256, 2.6),
         ("image", {"side": 28, "channels": 1}, 256, 0.68 * (32 / 28) ** 2),  # measured at 28 px, written at 32
+        ("graph", {"atoms": 11.6}, 256, 0.66),  # molecules of FreeSolv and solubility
+        ("graph", {"atoms": 35.1}, 256, 1.23),  # three of them joined into one SMILES ("a.b.c")
     ],
 )
 def test_init_cost_model_reproduces_the_steps_it_was_fitted_on(
@@ -287,6 +289,21 @@ def test_init_cost_model_reproduces_the_steps_it_was_fitted_on(
     """Within 25 %: a slip in a constant's unit (ms for s) fails here, where a monkeypatched budget would not."""
     estimate = batch * init_module._row_seconds(init_module.Column("x", kind, sizes))
     assert 0.75 * seconds <= estimate <= 1.25 * seconds
+
+
+def test_init_caps_molecule_training_time_from_their_atoms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The median heavy-atom count of the molecules (RDKit's, hydrogens implicit) enters the time budget."""
+    manifest = smiles_manifest(tmp_path)
+    recipe = init_manifest(manifest, tmp_path / "m.yaml")
+    steps = yaml.safe_load(recipe.read_text())["train"]
+    from rdkit import Chem
+
+    atoms = float(np.median([Chem.MolFromSmiles(s).GetNumAtoms() for s in SMILES]))
+    row_seconds = init_module.GRAPH_ROW_SECONDS + atoms * init_module.GRAPH_ATOM_SECONDS
+    monkeypatch.setattr(init_module, "MAX_TRAIN_SECONDS", 60.5 * steps["batch_size"] * row_seconds)
+    out = init_manifest(manifest, tmp_path / "capped.yaml")
+    assert steps["steps"] > 60 and yaml.safe_load(out.read_text())["train"]["steps"] == 60
+    assert "capped at about" in out.read_text() and "capped" not in recipe.read_text()
 
 
 def test_init_marks_rows_without_a_label_as_unlabelled(tmp_path: Path) -> None:
