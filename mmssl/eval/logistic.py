@@ -120,12 +120,12 @@ def fit_logistic_regression(
     n, d = x.shape
     k = 1 if len(classes) == 2 else len(classes)
     ridge = 1.0 / (C * n)
+    scale: Tensor | None = None  # W = scale @ U
+    unscale: Tensor | None = None
+    z = x
     if d <= MAX_PRECONDITIONED_FEATURES:
         scale, unscale = whitening(x, ridge)
         z = x @ scale
-    else:
-        scale = unscale = None
-        z = x
     u = torch.zeros(d, k, dtype=x.dtype, requires_grad=True)
     bias = torch.zeros(k, dtype=x.dtype, requires_grad=True)
     optimizer = torch.optim.LBFGS(
@@ -141,17 +141,15 @@ def fit_logistic_regression(
     last_gradient = [float("inf")]
 
     def closure() -> Tensor:
-        optimizer.zero_grad()
         weight = u if scale is None else scale @ u
         loss = log_loss(z @ u + bias, target) + 0.5 * ridge * (weight * weight).sum()
-        loss.backward()
-        with torch.no_grad():
-            grad_weight = u.grad if unscale is None else unscale @ u.grad  # dL/dW = S^-1 dL/dU (S symmetric)
-            last_gradient[0] = max(float(grad_weight.abs().max()), float(bias.grad.abs().max()))
-            if last_gradient[0] < tol:
-                best[:] = [u.detach().clone(), bias.detach().clone()]
-                raise _Converged
-        return loss
+        u.grad, bias.grad = grad_u, grad_bias = torch.autograd.grad(loss, [u, bias])
+        grad_weight = grad_u if unscale is None else unscale @ grad_u  # dL/dW = S^-1 dL/dU (S symmetric)
+        last_gradient[0] = max(float(grad_weight.abs().max()), float(grad_bias.abs().max()))
+        if last_gradient[0] < tol:
+            best[:] = [u.detach().clone(), bias.detach().clone()]
+            raise _Converged
+        return loss.detach()
 
     try:
         optimizer.step(closure)
