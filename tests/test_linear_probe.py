@@ -108,6 +108,16 @@ def test_whitening_converges_in_fewer_iterations_on_correlated_features(monkeypa
     assert torch.equal(whitened.predict(x), plain.predict(x))
 
 
+def test_fit_does_not_depend_on_where_the_features_are_centred() -> None:
+    """Features shifted by 1000 (not standardised) give the same weights, and an intercept shifted to match."""
+    x, y = blobs(200, 5, 3, 2.0, seed=7)
+    fit = fit_logistic_regression(torch.from_numpy(x), torch.from_numpy(y), tol=1e-8)
+    shifted = fit_logistic_regression(torch.from_numpy(x + 1000.0), torch.from_numpy(y), tol=1e-8)
+    assert fit.converged and shifted.converged
+    torch.testing.assert_close(shifted.weight, fit.weight, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(shifted.bias, fit.bias - 1000.0 * fit.weight.sum(0), atol=1e-4, rtol=1e-6)
+
+
 def test_fit_refuses_one_class_mismatched_rows_and_nan() -> None:
     with pytest.raises(ValueError, match="two classes"):
         fit_logistic_regression(torch.zeros(3, 2), torch.tensor([1, 1, 1]))
