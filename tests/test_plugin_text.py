@@ -441,10 +441,7 @@ def test_trained_tokenizer_keeps_accents_by_default() -> None:
 
 
 def test_ascii_captions_tokenize_as_with_accent_stripping() -> None:
-    """The quickstart's captions are ASCII: keeping accents changes nothing the tokenizer trains on or reads.
-
-    (The trained vocabularies themselves may differ run to run: WordPiece breaks frequency ties in hash order.)
-    """
+    """The quickstart's captions are ASCII: keeping accents changes nothing the tokenizer trains on or reads."""
     from mmssl.datasets.fashion_mnist import CAPTION_TEMPLATES, CLASS_NAMES
     from mmssl_text import train_tokenizer
 
@@ -452,3 +449,22 @@ def test_ascii_captions_tokenize_as_with_accent_stripping() -> None:
     new, old = train_tokenizer(captions, 400), train_tokenizer(captions, 400, strip_accents=True)
     for caption in [*captions, "A Photo Of Ankle-Boots!"]:
         assert new.normalizer.normalize_str(caption) == old.normalizer.normalize_str(caption) == caption.lower()
+
+
+def test_trained_tokenizer_is_the_same_in_every_run() -> None:
+    """tokenizers' WordPiece trainer numbers the ``##`` tokens in hash order and breaks merge ties by those
+    numbers (huggingface/tokenizers#1794): on the quickstart's captions twelve plain trainings gave seven
+    vocabularies. Ours hands it the continuation tokens, sorted, and then makes them ordinary tokens again."""
+    from mmssl.datasets.fashion_mnist import CAPTION_TEMPLATES, CLASS_NAMES
+    from mmssl_text import train_tokenizer
+    from mmssl_text.tokenizer import SPECIAL_TOKENS, find_special_tokens
+
+    captions = [template.format(name) for template in CAPTION_TEMPLATES for name in CLASS_NAMES]
+    trained = {train_tokenizer(captions, 400).to_str() for _ in range(10)}
+    assert len(trained) == 1
+    tokenizer = train_tokenizer(captions, 400)
+    vocab = tokenizer.get_vocab()
+    assert {"##s", "##t"} <= set(vocab)  # continuation tokens are in the vocabulary ...
+    assert [t.content for t in tokenizer.get_added_tokens_decoder().values()] == list(SPECIAL_TOKENS)  # ... not added
+    assert find_special_tokens(tokenizer, origin="trained").special_ids == tuple(range(len(SPECIAL_TOKENS)))
+    assert tokenizer.encode("a photo of a sneaker.").tokens == ["[CLS]", "a", "photo", "of", "a", "sneaker", ".", "[SEP]"]

@@ -82,10 +82,16 @@ def train_tokenizer(
     lowercase: bool = True,
     strip_accents: bool = False,
 ) -> Tokenizer:
-    """Train a BERT-style WordPiece tokenizer.
+    """Train a BERT-style WordPiece tokenizer, the same one for the same texts in every run.
+
+    ``tokenizers``' WordPiece trainer gives the continuation tokens (``##a``) ids in hash-map order, which
+    changes from run to run, and breaks ties between equally frequent merges by those ids, so the same texts
+    gave different vocabularies (huggingface/tokenizers#1794). Here every continuation token the texts need is
+    handed to the trainer up front, sorted, so that the ids and every tie are decided the same way each time;
+    they are then ordinary vocabulary entries again, not special tokens.
 
     Args:
-        texts: Training texts.
+        texts: Training texts (read into a list: they are scanned once before training).
         vocab_size: Vocabulary size, the five special tokens included.
         min_frequency: Minimum count of a merge to keep it.
         lowercase: Lower-case before splitting.
@@ -95,6 +101,7 @@ def train_tokenizer(
     Returns:
         A tokenizer whose post-processor wraps every text as ``[CLS] ... [SEP]``; no padding or truncation set.
     """
+    texts = list(texts)
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     steps: list[normalizers.Normalizer] = [normalizers.NFD() if strip_accents else normalizers.NFC()]
     if lowercase:
@@ -103,10 +110,18 @@ def train_tokenizer(
         steps.append(normalizers.StripAccents())
     tokenizer.normalizer = normalizers.Sequence(steps)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    continuation = continuation_tokens(tokenizer, texts)
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS) + continuation,
+        show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    trained = json.loads(tokenizer.to_str())
+    kept = set(continuation)
+    trained["added_tokens"] = [t for t in trained["added_tokens"] if t["content"] not in kept]
+    tokenizer = Tokenizer.from_str(json.dumps(trained))
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -114,6 +129,18 @@ def train_tokenizer(
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     return tokenizer
+
+
+def continuation_tokens(tokenizer: Tokenizer, texts: list[str], prefix: str = "##") -> list[str]:
+    """``prefix + c`` for every character ``c`` that follows another within a word of ``texts``, after the
+    tokenizer's normalizer and pre-tokenizer, sorted."""
+    normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+    characters: set[str] = set()
+    for text in set(texts):
+        normalized = normalizer.normalize_str(text) if normalizer else text
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalized) if pre_tokenizer else [(normalized, None)]:
+            characters.update(word[1:])
+    return [prefix + c for c in sorted(characters)]
 
 
 def tokenizer_file(path: str | Path) -> Path:
