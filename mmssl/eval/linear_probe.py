@@ -19,7 +19,7 @@ from torch import Tensor
 
 from mmssl.eval.base import EvalContext, EvalOptions, register_evaluator
 from mmssl.eval.embed import FeaturesOption, check_widths
-from mmssl.eval.logistic import fit_logistic_regression
+from mmssl.eval.logistic import DEFAULT_TOL, fit_logistic_regression
 
 
 def linear_probe_accuracy(
@@ -55,8 +55,8 @@ def linear_probe_accuracy(
             else f"lbfgs stopped after {fit.n_iter} of max_iter {max_iter} iterations, finding no lower point"
         )
         warnings.warn(
-            f"{name}: {why} (largest gradient entry {fit.gradient:.1e}, tolerance 1e-4); the accuracy is its last "
-            "iterate's (raise the evaluation's max_iter to fit longer)",
+            f"{name}: {why} (largest gradient entry {fit.gradient:.1e}, tolerance {DEFAULT_TOL:g}); the accuracy is "
+            "its last iterate's (raise the evaluation's max_iter to fit longer)",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: Above this many features the preconditioner (a D x D eigendecomposition and an N x D x D product) is
-#: skipped: it would cost more than the iterations it saves.
+#: Above this many features the preconditioner is skipped: its cost grows as D^3 (the eigendecomposition) and
+#: N D^2 (whitening the rows); at 50k rows x 3136 features the whole fit took 40 s on two threads.
 MAX_PRECONDITIONED_FEATURES = 4096
+#: scikit-learn's default stopping tolerance: every gradient entry under this.
+DEFAULT_TOL = 1e-4
 
 
 @dataclass
@@ -92,7 +94,7 @@ def whitening(x: Tensor, ridge: float) -> tuple[Tensor, Tensor]:
 
 
 def fit_logistic_regression(
-    x: Tensor, y: Tensor, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4
+    x: Tensor, y: Tensor, C: float = 1.0, max_iter: int = 1000, tol: float = DEFAULT_TOL
 ) -> LogisticFit:
     """Fit the L2 logistic regression of the module docstring in ``x``'s dtype (float32 or float64).
 

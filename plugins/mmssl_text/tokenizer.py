@@ -119,8 +119,8 @@ def train_tokenizer(
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     trained = json.loads(tokenizer.to_str())
-    kept = set(continuation)
-    trained["added_tokens"] = [t for t in trained["added_tokens"] if t["content"] not in kept]
+    handed_in = set(continuation)
+    trained["added_tokens"] = [t for t in trained["added_tokens"] if t["content"] not in handed_in]
     tokenizer = Tokenizer.from_str(json.dumps(trained))
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
