@@ -29,6 +29,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from mmssl.datasets.fashion_mnist import FashionMNISTOptions, load_fashion_mnist
+from mmssl.eval.linear_probe import standardised
 from mmssl.eval.logistic import fit_logistic_regression, logistic_objective
 
 #: L-BFGS iterations at most, as the linear-probe evaluation's default.
@@ -40,13 +41,6 @@ def pixels(split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     source = load_fashion_mnist(FashionMNISTOptions(split=split, limit=limit), Path.cwd())
     images = np.stack([row["image"] for row in source.rows]).reshape(len(source.rows), -1) / 255.0
     return images.astype(np.float32), np.array([row["label"] for row in source.rows])
-
-
-def standardised(train_x: np.ndarray, test_x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both splits standardised with the train split's mean and population deviation (constant features / 1)."""
-    mean, std = train_x.mean(0), train_x.std(0)
-    std[std == 0] = 1.0
-    return torch.from_numpy((train_x - mean) / std), torch.from_numpy((test_x - mean) / std)
 
 
 def fit(solver: str, x: torch.Tensor, y: np.ndarray, test_x: torch.Tensor, test_y: np.ndarray) -> dict:

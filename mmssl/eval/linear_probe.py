@@ -33,21 +33,18 @@ def linear_probe_accuracy(
 ) -> float:
     """Standardise on train, fit the L2 logistic regression (``C``, ``max_iter``) and return the test accuracy.
 
-    Standardising is scikit-learn's ``StandardScaler``: the train rows' mean and population standard deviation,
-    a constant feature divided by 1. A train split with one class predicts that class. When L-BFGS stops before
+    Standardising is ``standardised``. A train split with one class predicts that class. When L-BFGS stops before
     converging (at ``max_iter``, or where its line search finds no lower point), one short ``RuntimeWarning``
     names the probe (``name``); the accuracy is the last iterate's.
 
     Shapes:
         train_x [N, D], train_y [N], test_x [M, D], test_y [M].
     """
-    train_x, test_x = _float32(train_x), _float32(test_x)
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
     if len(np.unique(train_y)) < 2:
         return float((test_y == train_y[0]).mean())
-    mean, std = train_x.mean(0), train_x.std(0, unbiased=False)
-    std[std == 0] = 1.0
-    fit = fit_logistic_regression((train_x - mean) / std, torch.as_tensor(train_y), C, max_iter)
+    train_x, test_x = standardised(train_x, test_x)
+    fit = fit_logistic_regression(train_x, torch.as_tensor(train_y), C, max_iter)
     if not fit.converged:
         why = (
             f"lbfgs stopped at max_iter {max_iter} before converging"
@@ -60,7 +57,20 @@ def linear_probe_accuracy(
             RuntimeWarning,
             stacklevel=2,
         )
-    return float((fit.predict((test_x - mean) / std).numpy() == test_y).mean())
+    return float((fit.predict(test_x).numpy() == test_y).mean())
+
+
+def standardised(train_x: Tensor | np.ndarray, test_x: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+    """Both splits in float32, standardised with the train rows' mean and population standard deviation, a
+    constant feature divided by 1 (scikit-learn's ``StandardScaler``).
+
+    Shapes:
+        train_x [N, D], test_x [M, D] -> the same.
+    """
+    train_x, test_x = _float32(train_x), _float32(test_x)
+    mean, std = train_x.mean(0), train_x.std(0, unbiased=False)
+    std[std == 0] = 1.0
+    return (train_x - mean) / std, (test_x - mean) / std
 
 
 def _float32(x: Tensor | np.ndarray) -> Tensor:
