@@ -453,8 +453,9 @@ def test_ascii_captions_tokenize_as_with_accent_stripping() -> None:
 
 def test_trained_tokenizer_is_the_same_in_every_run() -> None:
     """tokenizers' WordPiece trainer numbers the ``##`` tokens in hash order and breaks merge ties by those
-    numbers (huggingface/tokenizers#1794): on the quickstart's captions twelve plain trainings gave seven
-    vocabularies. Ours hands it the continuation tokens, sorted, and then makes them ordinary tokens again."""
+    numbers (huggingface/tokenizers#1794): on the quickstart's captions ten plain trainings gave ten different
+    tokenizers (and twelve on the fortunes, seven vocabularies). Ours hands it the continuation tokens, sorted,
+    and then makes them ordinary tokens again."""
     from mmssl.datasets.fashion_mnist import CAPTION_TEMPLATES, CLASS_NAMES
     from mmssl_text import train_tokenizer
     from mmssl_text.tokenizer import SPECIAL_TOKENS, find_special_tokens
