@@ -184,9 +184,9 @@ def classify(name: str, values: list[Any], base: Path) -> Column | None:
 
             arrays = [decode_series(p, _channels_of_table(p)) for p in paths[:20]]
             return _array_column(name, arrays, path=True, series=True)
-        if all(_looks_like_smiles(s) for s in strings):
-            atoms = _heavy_atoms(strings)
-            return Column(name, "graph", {"atoms": atoms} if atoms is not None else {})
+        atoms = _smiles_atoms(strings)
+        if atoms is not None:
+            return Column(name, "graph", {"atoms": float(np.median(atoms))} if atoms else {})
         if all(isinstance(v, str) for v in values):
             words = [len(v.split()) for v in strings]
             distinct = len(set(strings))
@@ -217,27 +217,24 @@ def _channels_of_table(file: Path) -> int:
     return int(frame.shape[1])
 
 
-def _looks_like_smiles(text: str) -> bool:
-    if not text or " " in text or not _SMILES.match(text) or not re.search(r"[CNOcnoSP]", text):
-        return False
+def _smiles_atoms(texts: list[str]) -> list[int] | None:
+    """Heavy atoms of each text (what the graph plugin makes nodes of by default) when every one is a SMILES string,
+    else None. Each text is parsed once; without RDKit the texts are judged by their characters alone and the
+    list is empty."""
+    if not texts or not all(_SMILES.match(t) and re.search(r"[CNOcnoSP]", t) for t in texts):
+        return None
     try:
         from rdkit import Chem, RDLogger
-
-        RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]  # rdkit ships no stub for it
-        return Chem.MolFromSmiles(text) is not None
     except ImportError:
-        return len(text) > 1 and not text.isalpha()
-
-
-def _heavy_atoms(smiles: list[str]) -> float | None:
-    """Median heavy atoms of the molecules (what the graph plugin makes nodes of by default); None without RDKit."""
-    try:
-        from rdkit import Chem
-    except ImportError:
-        return None
-    molecules = [Chem.MolFromSmiles(s) for s in smiles[:SAMPLE_ROWS]]
-    counts = [m.GetNumAtoms() for m in molecules if m is not None]
-    return float(np.median(counts)) if counts else None
+        return [] if all(len(t) > 1 and not t.isalpha() for t in texts) else None
+    RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]  # rdkit ships no stub for it
+    counts = []
+    for text in texts:
+        molecule = Chem.MolFromSmiles(text)
+        if molecule is None:
+            return None
+        counts.append(molecule.GetNumAtoms())
+    return counts
 
 
 def _audio_seconds(files: list[Path | io.BytesIO]) -> float | None:

@@ -306,6 +306,15 @@ def test_init_caps_molecule_training_time_from_their_atoms(tmp_path: Path, monke
     assert "capped at about" in out.read_text() and "capped" not in recipe.read_text()
 
 
+def test_a_column_is_smiles_only_when_every_value_is_a_molecule(tmp_path: Path) -> None:
+    """One string that only looks like SMILES (an unclosed ring, which RDKit rejects) keeps the column from being
+    graphs; the molecules' atom counts come from the same parse."""
+    column = init_module.classify("smiles", SMILES, tmp_path)
+    assert column is not None and column.kind == "graph"
+    assert column.sizes == {"atoms": 4.0}  # the median of 3, 6, 4, 3, 3, 4, 6, 4 heavy atoms
+    assert init_module.classify("smiles", [*SMILES, "C1CC"], tmp_path) is None
+
+
 def test_init_marks_rows_without_a_label_as_unlabelled(tmp_path: Path) -> None:
     """A manifest where some rows have no label (None, "" or no key) gets `missing_labels: unlabelled`, so the
     recipe validates instead of stopping at the first such row; a fully labelled one keeps the default."""
