@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mmssl.data import sources
-from mmssl.data.labels import is_missing_label
+from mmssl.data.labels import LabelError, is_missing_label, parse_label
 from mmssl.data.media_cells import is_media_cell, media_payload
 
 #: Largest image side for which the image plugin's ``encoder: auto`` picks its ResNet (mmssl_image.options).
@@ -353,16 +353,26 @@ def profile_rows(rows: list[dict[str, Any]], base: Path, class_names: list[str] 
 
 
 def _continuous(values: list[Any]) -> bool:
-    """Whether a label column's present values are all numbers (or numeric strings) and not all integers."""
-    numbers = []
-    for value in values:
-        if is_missing_label(value):
-            continue
-        try:
-            numbers.append(float(value))
-        except (TypeError, ValueError):
-            return False
-    return bool(numbers) and not all(np.isfinite(x) and float(x).is_integer() for x in numbers)
+    """Whether a label column's present values are all numbers (or numeric strings) and some are not class indices
+    by ``parse_label``'s rule (so the column is a regression target, not classes)."""
+    present = [v for v in values if not is_missing_label(v)]
+    return all(_is_number(v) for v in present) and any(not _is_class_index(v) for v in present)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _is_class_index(value: Any) -> bool:
+    try:
+        parse_label(value, "")
+    except LabelError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ recipe text

@@ -360,6 +360,23 @@ def test_init_says_how_it_reads_arrays_with_more_channels_than_steps(tmp_path: P
     compile_recipe(out, weights=False)
 
 
+@pytest.mark.parametrize(
+    ("values", "continuous"),
+    [
+        ([1, 2, 3], False),
+        (["1", " 2 ", 3.0], False),  # integral numbers and numeric strings are class indices (parse_label)
+        ([None, "", 2.5, 1], True),  # missing values are skipped
+        (["0.5", "1"], True),
+        (["cat", 1.5], False),  # a name: classes, whose 1.5 the label parser reports
+        ([None, ""], False),
+    ],
+)
+def test_a_label_column_is_a_regression_target_when_some_number_is_no_class_index(
+    values: list[object], continuous: bool
+) -> None:
+    assert init_module._continuous(values) is continuous
+
+
 def test_init_reads_a_column_of_non_integer_numbers_as_a_regression_target(tmp_path: Path) -> None:
     """A `y` column of real numbers is not 50 one-row classes (whose recipe failed validation): the recipe has no
     label and no evaluations, and says why; integral numbers (`1.0`, `2.0`) stay classes."""
