@@ -220,6 +220,48 @@ def test_flip_and_crop_keep_shapes() -> None:
     assert view.shape == (1, 16, 16)
 
 
+@pytest.mark.parametrize("encoder_kind", ["vit", "resnet"])
+def test_crop_size_makes_smaller_views_that_both_encoders_take(encoder_kind: str) -> None:
+    """``crop_size`` sets the side of the random views only: a whole-image crop is the image resized to it, the
+    prepared (evaluated) image keeps ``image_size``, and both encoders give one token per patch of either."""
+    with pytest.raises(ValidationError, match="crop_size 6 must be a multiple of patch_size 4"):
+        tiny_options(crop_size=6)
+    options = tiny_options(encoder=encoder_kind, crop_size=8, crop_scale=(1.0, 1.0), color_jitter=0.0)
+    processor, images = fitted(options)
+    image = processor.decode(random_images(1, 16, 16, seed=5)[0])
+    view = processor.augment(image, np.random.default_rng(0))
+    assert view.shape == (3, 8, 8) and processor.prepare(image).shape == (3, 16, 16)
+    resized = torchvision_resize(image, 8)
+    torch.testing.assert_close(view, processor.normalize(resized), **F32)
+    encoder = build_encoder(options, processor).eval()
+    with torch.no_grad():
+        small = encoder(processor.collate([view, view]))
+        full = encoder(processor.collate([processor.prepare(image)] * 2))
+    assert small.tokens.shape == (2, 4, 16) and full.tokens.shape == (2, 16, 16)
+    assert small.pooled.shape == full.pooled.shape == (2, 16)
+
+    # Masking a small view hides the patches of its own grid: their pixels never reach the output.
+    masked = processor.mask(processor.collate([view, view]), 0.5, torch.Generator().manual_seed(0))
+    hidden = masked.mask[..., None] * torch.randn_like(mmssl_image.patchify(masked.batch.data, 4)) * 5
+    noisy = masked.batch.data + mmssl_image.unpatchify(hidden, 4, (2, 2), 3)
+    with torch.no_grad():
+        out = encoder(masked.batch)
+        out_noisy = encoder(ModalityBatch(noisy, keep=masked.batch.keep))
+    assert out.tokens.shape == (2, 2, 16)
+    torch.testing.assert_close(out_noisy.tokens, out.tokens, **F32)
+    torch.testing.assert_close(out_noisy.pooled, out.pooled, **F32)
+
+
+def torchvision_resize(image: torch.Tensor, side: int) -> torch.Tensor:
+    """The whole image resized to ``side`` (antialiased, torchvision's default), clamped to [0, 1] as views are.
+
+    Shapes: image [C, H, W] -> [C, side, side]
+    """
+    import torchvision.transforms.v2.functional as TF
+
+    return TF.resize(image, [side, side], antialias=True).clamp(0.0, 1.0)
+
+
 # ----------------------------------------------------------------------------------------- collate / mask
 
 

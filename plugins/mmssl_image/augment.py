@@ -111,9 +111,7 @@ def gaussian_blur(image: Tensor, rng: np.random.Generator) -> Tensor:
     return TF.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
 
 
-def random_view(
-    image: Tensor, options: ImageOptions, rng: np.random.Generator, local: bool = False
-) -> Tensor:
+def random_view(image: Tensor, options: ImageOptions, rng: np.random.Generator, local: bool = False) -> Tensor:
     """A SimCLR view without normalisation: resized crop, flip, colour jitter, greyscale, blur.
 
     Args:
@@ -123,9 +121,9 @@ def random_view(
         local: A small local crop (DINO's multi-crop): ``local_crop_scale`` resized to ``local_size``.
 
     Shapes:
-        image: [C, H, W] -> [C, S, S] with S = image_size (or local_size when ``local``)
+        image: [C, H, W] -> [C, S, S] with S = ``options.view_size`` (``local_size`` when ``local``)
     """
-    size = options.local_size if local else options.image_size
+    size = options.local_size if local else options.view_size
     scale = options.local_crop_scale if local else options.crop_scale
     top, left, h, w = sample_crop_box(image.shape[-2], image.shape[-1], scale, rng)
     image = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)

@@ -61,7 +61,6 @@ def build_encoder(options: ImageOptions, processor: object | None = None) -> Tra
         return ResNetEncoder(
             options.channels,
             options.width,
-            options.grid,
             options.patch_size,
             options.conv_blocks,
             tuple(options.pool_levels),

@@ -67,7 +67,7 @@ class ImageProcessor:
         """A random normalised view (see ``random_view``); all randomness comes from ``rng``.
 
         Shapes:
-            sample: [C, H, W] decoded -> [C, image_size, image_size]
+            sample: [C, H, W] decoded -> [C, view_size, view_size] (``crop_size``, or ``image_size`` when unset)
         """
         return self.normalize(random_view(self._check(sample), self.options, rng))
 

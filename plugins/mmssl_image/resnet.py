@@ -1,7 +1,7 @@
 """A small ResNet for small images: convolutions learn from little data where a ViT's patch tokens struggle.
 
-The encoder returns one token per cell of the patch grid (``image_size / patch_size`` per side), the same
-token order as ``mmssl_image.patches.patchify``, so masked objectives work unchanged. With ``sparse_masking``
+The encoder returns one token per cell of the input's patch grid (``H / patch_size`` by ``W / patch_size``), the
+same token order as ``mmssl_image.patches.patchify``, so masked objectives work unchanged. With ``sparse_masking``
 (SparK, Tian et al. 2023) a masked image is encoded as if its hidden patches were not there: they are 0 after
 every layer and left out of every GroupNorm's statistics; without it they are only zeroed in the input (the
 normalised mean). Only the kept cells are returned as tokens. The pooled embedding is the mean of the returned
@@ -91,17 +91,17 @@ class BasicBlock(nn.Module):
 
 
 class ResNetEncoder(nn.Module):
-    """A three-stage ResNet whose feature map is pooled onto the patch grid.
+    """A three-stage ResNet whose feature map is pooled onto the input's patch grid.
 
     Stage widths are ``width / 4``, ``width / 2`` and ``width``; the first stage keeps the input resolution
     (small images lose too much to a strided stem), each later stage halves it. The last feature map is
-    average-pooled to ``grid x grid`` cells, which are the tokens after a LayerNorm.
+    average-pooled to one cell per ``patch_size`` patch of the input (``H / patch_size`` by ``W / patch_size``,
+    as the ViT makes one token per patch of any input size), and the cells are the tokens after a LayerNorm.
 
     Args:
         channels: Input channels C.
         width: Output width D (divisible by 4).
-        grid: Tokens per side (``image_size // patch_size``).
-        patch_size: Side of the patch a token stands for (to zero hidden patches).
+        patch_size: Side in pixels of the patch a token stands for.
         blocks: Residual blocks per stage.
         pool_levels: Regions per side of each level of the pooled embedding (``pyramid_pool``); ``(1,)`` is the
             plain mean. The pooled width is ``pooled_width = width * sum(n ** 2)``.
@@ -112,7 +112,6 @@ class ResNetEncoder(nn.Module):
         self,
         channels: int,
         width: int,
-        grid: int,
         patch_size: int,
         blocks: int = 1,
         pool_levels: tuple[int, ...] = (1,),
@@ -122,7 +121,6 @@ class ResNetEncoder(nn.Module):
         if width % 4:
             raise ValueError(f"ResNet width must be divisible by 4, got {width}")
         self.width = width
-        self.grid = grid
         self.pool_levels = tuple(pool_levels)
         self.pooled_width = width * sum(n * n for n in self.pool_levels)
         self.patch_size = patch_size
@@ -143,45 +141,52 @@ class ResNetEncoder(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
+    def token_grid(self, images: Tensor) -> tuple[int, int]:
+        """(rows, cols) of the patch grid of ``images`` [B, C, H, W]: one token per ``patch_size`` patch."""
+        return max(1, images.shape[-2] // self.patch_size), max(1, images.shape[-1] // self.patch_size)
+
     def feature_map(self, images: Tensor) -> Tensor:
         """The last stage's features pooled onto the patch grid (before the final norm).
 
-        Shapes: images [B, C, H, W] -> [B, D, grid, grid].
+        Shapes: images [B, C, H, W] -> [B, D, H / patch_size, W / patch_size].
         """
-        return F.adaptive_avg_pool2d(self.stages(self.stem(images)), self.grid)
+        return F.adaptive_avg_pool2d(self.stages(self.stem(images)), self.token_grid(images))
 
     def sparse_feature_map(self, images: Tensor, keep: Tensor) -> Tensor:
         """``feature_map`` of the kept patches alone: hidden ones are 0 after every layer and out of every norm's
         statistics, so their pixels never reach the output.
 
-        Shapes: images [B, C, H, W], keep [B, K] -> [B, D, grid, grid].
+        Shapes: images [B, C, H, W], keep [B, K] -> [B, D, H / patch_size, W / patch_size].
         """
-        visible = visible_pixels(keep, self.grid, self.patch_size, images.shape[-2:]).to(images)
+        grid = self.token_grid(images)
+        visible = visible_pixels(keep, grid, self.patch_size, images.shape[-2:]).to(images)
         conv, norm, _ = self.stem
         x = F.relu(masked_group_norm(conv(images * visible), visible, norm))
         for block in self.stages:
             stride = block.conv1.stride[0]
             size = (x.shape[-2] + stride - 1) // stride, (x.shape[-1] + stride - 1) // stride
             x = block.forward_sparse(x, F.interpolate(visible, size=size, mode="nearest"))
-        return F.adaptive_avg_pool2d(x, self.grid)
+        return F.adaptive_avg_pool2d(x, grid)
 
     def forward(self, batch: ModalityBatch) -> EncoderOutput:
         """Encode images; with ``batch.keep``, hidden patches are left out (see ``sparse_masking``) and only kept
         cells are returned.
 
         Shapes:
-            batch.data [B, C, H, W], batch.keep [B, K] -> tokens [B, K or grid ** 2, D], pooled [B, D].
+            batch.data [B, C, H, W], batch.keep [B, K] -> tokens [B, K or N, D], pooled [B, pooled_width], with
+            N = (H / patch_size) * (W / patch_size).
         """
         images = batch.data
+        grid = self.token_grid(images)
         if batch.keep is None:
             features = self.feature_map(images)
         elif self.sparse_masking:
             features = self.sparse_feature_map(images, batch.keep)
         else:
-            visible = visible_pixels(batch.keep, self.grid, self.patch_size, images.shape[-2:]).to(images)
+            visible = visible_pixels(batch.keep, grid, self.patch_size, images.shape[-2:]).to(images)
             features = self.feature_map(images * visible)
         tokens = self.norm(features.flatten(2).transpose(1, 2))
-        pooled = pyramid_pool(tokens, self.grid, self.pool_levels, batch.keep)
+        pooled = pyramid_pool(tokens, grid, self.pool_levels, batch.keep)
         if batch.keep is not None:
             tokens = gather_tokens(tokens, batch.keep)
         return EncoderOutput(tokens=tokens, pooled=pooled)
@@ -191,25 +196,28 @@ class ResNetEncoder(nn.Module):
         return [self.stem], list(self.stages)
 
 
-def pyramid_pool(tokens: Tensor, grid: int, levels: tuple[int, ...], keep: Tensor | None = None) -> Tensor:
+def pyramid_pool(
+    tokens: Tensor, grid: int | tuple[int, int], levels: tuple[int, ...], keep: Tensor | None = None
+) -> Tensor:
     """Spatial pyramid pooling (He et al. 2014) of a token grid: for each level n, the mean of the (kept) tokens
     in each of n x n regions, concatenated level by level in row-major region order. Level 1 is the plain mean.
 
     Args:
-        tokens: All ``grid * grid`` tokens, row-major.
-        grid: Tokens per side.
+        tokens: All tokens of the grid, row-major.
+        grid: Tokens per side, or (rows, cols).
         levels: Regions per side of each level.
         keep: Indices of the visible tokens; hidden ones are left out of every mean (a region with none gives 0).
 
     Shapes:
-        tokens [B, grid ** 2, D], keep [B, K] -> [B, D * sum(n ** 2 for n in levels)].
+        tokens [B, rows * cols, D], keep [B, K] -> [B, D * sum(n ** 2 for n in levels)].
     """
     b, _, d = tokens.shape
-    weight = tokens.new_ones(b, grid * grid)
+    rows, cols = (grid, grid) if isinstance(grid, int) else grid
+    weight = tokens.new_ones(b, rows * cols)
     if keep is not None:
         weight = torch.zeros_like(weight).scatter_(1, keep, 1.0)
-    cells = (tokens * weight[..., None]).transpose(1, 2).reshape(b, d, grid, grid)
-    counts = weight.view(b, 1, grid, grid)
+    cells = (tokens * weight[..., None]).transpose(1, 2).reshape(b, d, rows, cols)
+    counts = weight.view(b, 1, rows, cols)
     parts = []
     for n in levels:
         sums, visible = F.adaptive_avg_pool2d(cells, n), F.adaptive_avg_pool2d(counts, n)
@@ -217,19 +225,22 @@ def pyramid_pool(tokens: Tensor, grid: int, levels: tuple[int, ...], keep: Tenso
     return torch.cat(parts, dim=1)
 
 
-def visible_pixels(keep: Tensor, grid: int, patch_size: int, size: tuple[int, int] | torch.Size) -> Tensor:
+def visible_pixels(
+    keep: Tensor, grid: int | tuple[int, int], patch_size: int, size: tuple[int, int] | torch.Size
+) -> Tensor:
     """A [B, 1, H, W] mask, 1 on the pixels of kept patches and 0 elsewhere.
 
     Args:
-        keep: Indices of the kept patches in row-major order over the ``grid x grid`` patch grid.
-        grid: Patches per side.
+        keep: Indices of the kept patches in row-major order over the patch grid.
+        grid: Patches per side, or (rows, cols).
         patch_size: Patch side in pixels.
-        size: (H, W) of the images (grid * patch_size each).
+        size: (H, W) of the images (rows * patch_size by cols * patch_size).
 
     Shapes:
         keep [B, K] -> [B, 1, H, W] float.
     """
-    visible = torch.zeros(keep.shape[0], grid * grid, device=keep.device)
+    rows, cols = (grid, grid) if isinstance(grid, int) else grid
+    visible = torch.zeros(keep.shape[0], rows * cols, device=keep.device)
     visible.scatter_(1, keep, 1.0)
-    cells = visible.view(-1, 1, grid, grid)
+    cells = visible.view(-1, 1, rows, cols)
     return F.interpolate(cells, size=tuple(size), mode="nearest")
