@@ -226,7 +226,7 @@ def test_crop_size_makes_smaller_views_that_both_encoders_take(encoder_kind: str
     prepared (evaluated) image keeps ``image_size``, and both encoders give one token per patch of either."""
     with pytest.raises(ValidationError, match="crop_size 6 must be a multiple of patch_size 4"):
         tiny_options(crop_size=6)
-    options = tiny_options(encoder=encoder_kind, crop_size=8, crop_scale=(1.0, 1.0), color_jitter=0.0)
+    options = tiny_options(encoder=encoder_kind, crop_size=8, crop_scale=(1.0, 1.0), color_jitter=0.0, grayscale_p=0.0)
     processor, images = fitted(options)
     image = processor.decode(random_images(1, 16, 16, seed=5)[0])
     view = processor.augment(image, np.random.default_rng(0))
