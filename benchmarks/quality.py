@@ -185,11 +185,11 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     selected = [(r, p) for r, p in RECIPES if not args.only or any(o in r for o in args.only)]
+    ran = [recipe_name(recipe) for recipe, _ in selected]
     lines: list[str] = []
     start = time.time()
-    for recipe, published in selected:
+    for (recipe, published), name in zip(selected, ran, strict=True):
         path = init_recipe(recipe, args.runs / "init") if recipe.startswith("init:") else ROOT / recipe
-        name = path.stem
         try:
             results, wall, tree = run_recipe(path, args.runs / name, args.override)
         except subprocess.CalledProcessError as err:  # one failing recipe must not lose the others' numbers
@@ -201,7 +201,7 @@ def main() -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     what = "generated"
     if args.merge:
-        what = f"rows of {', '.join(recipe_name(r) for r, _ in selected)} regenerated"
+        what = f"rows of {', '.join(ran)} regenerated"
     comment = (
         f"<!-- {what} by `make bench-quality` (benchmarks/quality.py) at commit {commit.strip()}, {stamp}, "
         f"total wall time {total / 60:.1f} min on {os.cpu_count()} CPUs; overrides {args.override or 'none'}; "
@@ -217,7 +217,7 @@ def main() -> None:
         head, block, tail = "# Quality benchmark\n\n", "", "\n"
     comments = [comment]
     if args.merge:
-        comments, lines = merged(block, comment, lines, {recipe_name(r) for r, _ in selected})
+        comments, lines = merged(block, comment, lines, set(ran))
     text = "\n".join([*comments, *TABLE_HEADER, *lines]) + "\n"
     new = f"{head}{marker_start}\n{text}{marker_end}{tail}"
     tmp = args.output.with_name(f".{args.output.name}.tmp")
